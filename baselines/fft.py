@@ -1,0 +1,93 @@
+"""Direct Fourier deconvolution: D~ = I~ · T~ / P~ (no regularisation but a cut).
+
+``I`` is the observed stamp, ``P`` the effective PSF (sum 1, centred on pixel (n//2, n//2)),
+``T`` the target: round Gaussian of FWHM ``batch.target_fwhm_arcsec`` ⊗ pixel. The
+result estimates ``truth = galaxy ⊗ T``. Both ``I`` and ``P`` are zero-padded, centred,
+to a grid of side N = ``pad_factor``·n (rounded up to a fast FFT length) so that the
+deconvolution kernel does not wrap around the stamp, then the result is cropped back to
+n×n. Where the PSF transfer function is small, |P~(k)| < ``threshold``·max|P~|, the
+ratio T~/P~ is set to 0 (``cut='hard'``) or rolled off smoothly (``cut='taper'``: a
+cos² roll-off in log|P~| between ``threshold`` and 4·``threshold``·max|P~|).
+
+This is exact for noiseless, band-limited (well-sampled) images and amplifies noise
+without limit otherwise: it is the "no prior" reference of the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _fourier as F
+from deconvbench.methods import Batch
+
+
+def cut_window(otf: np.ndarray, threshold: float, cut: str) -> np.ndarray:
+    """Weight in [0, 1] applied to T~/P~ given the per-stamp OTF (B, N, N//2+1)."""
+    mag = np.abs(otf)
+    ref = threshold * mag.max(axis=(-2, -1), keepdims=True)
+    if cut == "hard":
+        return (mag >= ref).astype(np.float64)
+    if cut == "taper":
+        # 0 below ref, 1 above 4·ref, cos² in log|P~| in between
+        with np.errstate(divide="ignore"):
+            t = np.clip(np.log(np.maximum(mag, 1e-300) / ref) / np.log(4.0), 0.0, 1.0)
+        return np.sin(0.5 * np.pi * t) ** 2
+    raise ValueError(f"cut must be 'hard' or 'taper', got {cut!r}")
+
+
+class FFTDeconvolver:
+    """Direct Fourier division by the PSF, times the target transfer function."""
+
+    description = "Direct Fourier deconvolution I~·T~/P~ with a cut where |P~| is small (no noise model)"
+    requires: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        threshold: float = 1e-3,
+        pad_factor: float = 2.0,
+        cut: str = "hard",
+        target: str = "analytic",
+        name: str = "fft",
+    ):
+        """
+        Parameters
+        ----------
+        threshold : relative cut on |P~| (default 1e-3 of the stamp's max |P~|, i.e. of
+            its flux 1); frequencies below it are zeroed (or tapered).
+        pad_factor : the padded FFT grid has side >= pad_factor·n (default 2).
+        cut : ``'hard'`` (default) sets T~/P~ to 0 below the threshold; ``'taper'`` rolls
+            it off smoothly between threshold and 4·threshold.
+        target : ``'analytic'`` (default) Gaussian × pixel sinc transfer function, or
+            ``'drawn'``: the DFT of the target drawn by GalSim on the padded grid.
+        """
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if cut not in ("hard", "taper"):
+            raise ValueError(f"cut must be 'hard' or 'taper', got {cut!r}")
+        if target not in ("analytic", "drawn"):
+            raise ValueError(f"target must be 'analytic' or 'drawn', got {target!r}")
+        F.padded_size(8, pad_factor)  # validates pad_factor
+        self.threshold = float(threshold)
+        self.pad_factor = float(pad_factor)
+        self.cut = cut
+        self.target = target
+        self.name = name
+        self.device = "cpu"
+
+    def params(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "pad_factor": self.pad_factor, "cut": self.cut, "target": self.target}
+
+    def deconvolve(self, batch: Batch) -> np.ndarray:
+        """Estimate of ``truth`` for each stamp: float64 (B, n, n), same flux units."""
+        obs = F.as_stack(batch.observed, "observed")
+        n = obs.shape[-1]
+        N = F.padded_size(n, self.pad_factor)
+        P = F.otf(batch.psf, N)
+        T = F.target_transfer(N, batch.target_fwhm_arcsec, batch.pixel_scale_arcsec, self.target)
+        window = cut_window(P, self.threshold, self.cut)
+        safe = np.where(window > 0, P, 1.0)
+        ratio = window * T / safe
+        out = F.irfft2(F.rfft2(F.pad_centered(obs, N)) * ratio, N)
+        return F.crop_centered(out, n)

@@ -1,0 +1,278 @@
+"""Dataset cards: schema, validation and loading.
+
+A card (``datasets/NAME.toml``) names and versions a dataset: stamp geometry, galaxy
+population, PSF family, noise levels, shear design and splits (counts and seeds).
+Everything the generator draws is determined by the card, the split and the stamp
+index, so a card *is* the dataset. The content checksum expected for each split is
+stored in ``datasets/checksums.json`` and checked by ``deconvbench verify``.
+
+Units: arcsec for sizes and angles, arcsec/pixel for ``pixel_scale_arcsec``, fluxes in
+arbitrary counts (the noise level is set per stamp from the SNR, see ``sim.noise``).
+Shapes are reduced shears g (GalSim convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import CardError
+
+PSF_FAMILIES = ("gaussian", "moffat", "kolmogorov", "optical", "ground", "psfex")
+GALAXY_PROFILES = ("exponential", "devaucouleurs", "bulge+disk", "disk+knots", "gaussian")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+
+class Range(_Strict):
+    """A closed interval [min, max]; values are drawn uniformly unless stated."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not (math.isfinite(self.min) and math.isfinite(self.max)) or self.min > self.max:
+            raise ValueError(f"need finite min <= max, got [{self.min}, {self.max}]")
+        return self
+
+
+class LogNormal(_Strict):
+    """A log-normal distribution truncated to [min, max]: ln x ~ N(ln median, sigma)."""
+
+    median: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.min <= self.median <= self.max:
+            raise ValueError("need min <= median <= max")
+        return self
+
+
+class StampSpec(_Strict):
+    size: int = Field(ge=8, le=512, description="stamp side n in pixels (square n×n)")
+    pixel_scale_arcsec: float = Field(gt=0, le=2.0)
+    target_psf_fwhm_arcsec: float = Field(gt=0, description="FWHM of the round Gaussian target PSF")
+    max_offset_pixels: float = Field(
+        0.0, ge=0, le=2.0, description="galaxy centroid offset drawn uniformly in ±this, per axis"
+    )
+
+
+class GalaxySpec(_Strict):
+    """Galaxy population. Profiles are drawn with the given weights."""
+
+    profiles: dict[str, float]
+    half_light_radius_arcsec: LogNormal
+    flux: LogNormal
+    shape_sigma: float = Field(0.25, ge=0, le=0.6, description="per-component sigma of intrinsic g")
+    shape_max: float = Field(0.7, gt=0, lt=1.0)
+    bulge_fraction: Range = Range(min=0.0, max=0.6)
+    bulge_to_disk_size: Range = Range(min=0.3, max=0.7)
+    devaucouleurs_trunc_factor: float = Field(
+        4.5, gt=1, description="deVaucouleurs profiles truncated at this many half-light radii"
+    )
+    knots_number: Range = Range(min=10, max=60)
+    knots_flux_fraction: Range = Range(min=0.1, max=0.4)
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, value: dict[str, float]):
+        if not value:
+            raise ValueError("at least one profile is needed")
+        for name, weight in value.items():
+            if name not in GALAXY_PROFILES:
+                raise ValueError(f"unknown profile {name!r} (known: {', '.join(GALAXY_PROFILES)})")
+            if not (weight > 0 and math.isfinite(weight)):
+                raise ValueError(f"profile weight for {name!r} must be > 0")
+        return value
+
+
+class PSFSpec(_Strict):
+    """PSF families and their parameter ranges. ``ellipticity_max`` is the maximum |g| of the
+    PSF shear, drawn uniformly in |g| with a random position angle."""
+
+    families: dict[str, float]
+    fwhm_arcsec: Range = Range(min=0.6, max=1.1)
+    ellipticity_max: float = Field(0.05, ge=0, lt=0.5)
+    moffat_beta: Range = Range(min=2.5, max=4.5)
+    # optical (Airy with obscuration and aberrations); in "ground" it is convolved with
+    # Kolmogorov whose FWHM is drawn from fwhm_arcsec.
+    lam_over_diam_arcsec: Range = Range(min=0.05, max=0.1)
+    obscuration: Range = Range(min=0.2, max=0.35)
+    aberration_rms_waves: Range = Range(min=0.0, max=0.05)
+    # psfex: empirical models shipped in datasets/psf-models/
+    psfex_models: list[str] = []
+    psfex_field_pixels: tuple[float, float] = (9500.0, 6400.0)
+    psfex_pixel_scale_arcsec: float = 0.141
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: dict[str, float]):
+        if not value:
+            raise ValueError("at least one PSF family is needed")
+        for name, weight in value.items():
+            if name not in PSF_FAMILIES:
+                raise ValueError(f"unknown PSF family {name!r} (known: {', '.join(PSF_FAMILIES)})")
+            if not (weight > 0 and math.isfinite(weight)):
+                raise ValueError(f"family weight for {name!r} must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _psfex_needs_models(self):
+        if "psfex" in self.families and not self.psfex_models:
+            raise ValueError("family 'psfex' needs psfex_models")
+        return self
+
+
+class NoiseSpec(_Strict):
+    """Noise levels. SNR = sqrt(Σ noiseless²)/sigma (matched-filter SNR); ``inf`` = noiseless.
+    Gaussian sky+read noise with per-stamp sigma; optional Poisson noise of the source with
+    ``gain`` electrons per count (then ``noise_sigma`` is the Gaussian part only)."""
+
+    snr_levels: list[float]
+    poisson_source: bool = False
+    gain: float = Field(1.0, gt=0)
+
+    @field_validator("snr_levels")
+    @classmethod
+    def _positive(cls, value: list[float]):
+        if not value:
+            raise ValueError("at least one SNR level is needed")
+        for snr in value:
+            if not snr > 0:
+                raise ValueError(f"SNR levels must be > 0 (inf for noiseless), got {snr}")
+        return value
+
+
+class ShearSpec(_Strict):
+    """Constant-shear design for metacalibration sets (design §7).
+
+    Stamps come in groups of 4 sharing galaxy and PSF: slot 0..3 = (+g, 0°), (−g, 0°),
+    (+g, 90°), (−g, 90°), the true shear being (±g1, ±g2). +g and −g stamps with the same
+    rotation share their noise realisation."""
+
+    g1: float = Field(0.01, ge=-0.2, le=0.2)
+    g2: float = Field(0.0, ge=-0.2, le=0.2)
+
+
+class SplitSpec(_Strict):
+    n: int = Field(gt=0, le=10_000_000)
+    seed: int = Field(ge=0)
+    snr_levels: list[float] | None = None  # overrides noise.snr_levels for this split
+    psf_shear: tuple[float, float] | None = None  # fixed PSF shear (g1, g2) for this split
+    description: str = ""
+
+
+class DatasetCard(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$")
+    description: str
+    kind: Literal["deconvolution", "metacal"] = "deconvolution"
+    stamp: StampSpec
+    galaxy: GalaxySpec
+    psf: PSFSpec
+    noise: NoiseSpec
+    shear: ShearSpec | None = None
+    splits: dict[str, SplitSpec]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.kind == "metacal":
+            if self.shear is None:
+                raise ValueError("a metacal card needs a [shear] table")
+            for name, split in self.splits.items():
+                if split.n % 4:
+                    raise ValueError(f"splits.{name}.n must be a multiple of 4 (groups of 4)")
+        if self.stamp.target_psf_fwhm_arcsec < self.stamp.pixel_scale_arcsec:
+            raise ValueError("stamp.target_psf_fwhm_arcsec must be at least one pixel")
+        seeds = [s.seed for s in self.splits.values()]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("every split needs its own seed (independent splits)")
+        return self
+
+    def split(self, name: str) -> SplitSpec:
+        if name not in self.splits:
+            raise CardError(f"card {self.name!r} has no split {name!r} (splits: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    def snr_levels(self, split: str) -> list[float]:
+        return list(self.split(split).snr_levels or self.noise.snr_levels)
+
+    def card_hash(self) -> str:
+        """sha256 of the canonical JSON of the validated card (not of the TOML text)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def canonical_json(self) -> str:
+        """The validated card as JSON with sorted keys (inf written as ``Infinity``)."""
+        return json.dumps(json.loads(self.model_dump_json()), sort_keys=True, separators=(",", ":"))
+
+
+def cards_dir() -> Path:
+    return Path(str(resources.files("deconvbench_datasets")))
+
+
+def psf_models_dir() -> Path:
+    return cards_dir() / "psf-models"
+
+
+def list_cards() -> list[str]:
+    return sorted(p.stem for p in cards_dir().glob("*.toml"))
+
+
+def _format_validation_error(path: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "(card)"
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid card {path}: field '{where}': {msg}{more}"
+
+
+def load_card(name_or_path: str | Path) -> DatasetCard:
+    """Load and validate a card by name (``ground-v1``) or by path to a TOML file."""
+    text_path = Path(name_or_path)
+    if text_path.suffix == ".toml" or text_path.exists():
+        path = text_path
+    else:
+        path = cards_dir() / f"{name_or_path}.toml"
+        if not path.exists():
+            raise CardError(f"unknown dataset card {str(name_or_path)!r} (known: {', '.join(list_cards())})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CardError(f"card file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CardError(f"card {path} is not valid TOML: {exc}") from None
+    try:
+        return DatasetCard.model_validate(raw)
+    except ValidationError as exc:
+        raise CardError(_format_validation_error(str(path), exc)) from None
+
+
+def expected_checksums() -> dict:
+    """``datasets/checksums.json``: {card: {version, splits: {split: {n, checksum}}}}."""
+    path = cards_dir() / "checksums.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def expected_checksum(card: DatasetCard, split: str, n: int) -> str | None:
+    entry = expected_checksums().get(card.name, {})
+    if entry.get("version") != card.version:
+        return None
+    split_entry = entry.get("splits", {}).get(split)
+    if split_entry and split_entry.get("n") == n:
+        return split_entry.get("checksum")
+    return None

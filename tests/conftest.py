@@ -1,0 +1,49 @@
+"""Shared fixtures: small generated datasets (session-scoped, generated once)."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+
+import pytest
+
+from deconvbench.cards import DatasetCard, cards_dir
+from deconvbench.sim.generate import generate
+
+
+def card_dict(name: str) -> dict:
+    return tomllib.loads((cards_dir() / f"{name}.toml").read_text())
+
+
+def make_card(base: str = "smoke", **updates) -> DatasetCard:
+    """A card derived from ``base`` with nested updates, e.g. make_card(stamp={"size": 64})."""
+    raw = copy.deepcopy(card_dict(base))
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key].update(value)
+        else:
+            raw[key] = value
+    return DatasetCard.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def smoke_test_file(data_root):
+    from deconvbench.cards import load_card
+
+    path = data_root / "smoke-test.h5"
+    generate(load_card("smoke"), "test", path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_metacal_file(data_root):
+    from deconvbench.cards import load_card
+
+    path = data_root / "smoke-metacal-noiseless.h5"
+    generate(load_card("smoke-metacal"), "noiseless", path)
+    return path
