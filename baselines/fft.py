@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _fourier as F
 from deconvbench.methods import Batch
+
+from . import _fourier as F
 
 
 def cut_window(otf: np.ndarray, threshold: float, cut: str) -> np.ndarray:
