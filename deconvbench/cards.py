@@ -261,7 +261,8 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
 
 
 def expected_checksums() -> dict:
-    """``datasets/checksums.json``: {card: {version, splits: {split: {n, checksum}}}}."""
+    """``datasets/checksums.json``: {card: {version, splits: {KEY: {n, checksum}}}} where KEY
+    is the split name for a full split, or ``split@n`` for a published prefix of n stamps."""
     path = cards_dir() / "checksums.json"
     if not path.exists():
         return {}
@@ -272,7 +273,9 @@ def expected_checksum(card: DatasetCard, split: str, n: int) -> str | None:
     entry = expected_checksums().get(card.name, {})
     if entry.get("version") != card.version:
         return None
-    split_entry = entry.get("splits", {}).get(split)
-    if split_entry and split_entry.get("n") == n:
-        return split_entry.get("checksum")
+    splits = entry.get("splits", {})
+    for key in (split, f"{split}@{n}"):  # the full split, or a published prefix of n stamps
+        split_entry = splits.get(key)
+        if split_entry and split_entry.get("n") == n:
+            return split_entry.get("checksum")
     return None

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tabulate import tabulate
 
@@ -156,6 +157,202 @@ def verify(files: List[Path] = typer.Argument(..., help="dataset HDF5 file(s)"))
         print(f"OK {path} {checksum}{note}")
 
 
+@app.command("list-methods")
+def list_methods_cmd() -> None:
+    """List registered deconvolvers (entry points) with their availability."""
+    from .methods import list_methods
+
+    rows = [[m.name, "yes" if m.available else f"no: {m.reason}", m.description] for m in list_methods()]
+    print(tabulate(rows, headers=["method", "available", "description"]))
+
+
+def _parse_options(options: list[str]) -> dict[str, dict]:
+    """``METHOD.key=value`` → {METHOD: {key: value}} (values parsed as JSON when possible)."""
+    import json
+
+    parsed: dict[str, dict] = {}
+    for item in options:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise DeconvbenchError(f"--option expects METHOD.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        method, name = key.split(".", 1)
+        try:
+            parsed.setdefault(method, {})[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed.setdefault(method, {})[name] = value
+    return parsed
+
+
+def _resolve_data(data: Optional[Path], dataset: Optional[str], split: Optional[str], n: Optional[int],
+                  workers: int) -> Path:
+    if data is not None:
+        if dataset or n:
+            raise DeconvbenchError("give either --data FILE or --dataset CARD --split SPLIT [--n N], not both")
+        return data
+    if not dataset or not split:
+        raise DeconvbenchError("say what to run on: --data FILE, or --dataset CARD --split SPLIT")
+    return ensure_dataset(dataset, split, n=n, workers=workers)
+
+
+def comparison_table(results: list[dict]) -> str:
+    """One row per (method, SNR level): medians of the image and shape metrics."""
+    rows = []
+    for result in results:
+        name = result["method"]["name"]
+        metrics = result["metrics"]
+        groups = metrics.get("by_snr", {})
+        order = sorted(groups, key=lambda s: (s == "noiseless", float(s) if s != "noiseless" else 0))
+        for label in order + ["overall"]:
+            block = groups[label] if label != "overall" else metrics.get("overall", {})
+            if not block:
+                continue
+            rows.append([name, label, block.get("count"), _fmt(block, "nmse", "mean"), _fmt(block, "nmse", "median"),
+                         _fmt(block, "psnr", "median", ".1f"), _fmt(block, "ssim", "median", ".3f"),
+                         _fmt(block, "e_err", "mean", ".4f"), _fmt(block, "size_err", "median", "+.3f"),
+                         _fmt(block, "flux_err", "median", "+.4f"), block.get("failures", 0)])
+        fail = result["failures"]["stamps_failed"]
+        speed = result["throughput"]["deconv_gal_per_s"]
+        rows.append([name, "stamps/s", f"{speed:,.0f}" if speed else "-", "", "", "", "", "", "",
+                     f"peak {result['peak_memory_mb']:.0f} MB", f"{fail} failed" if fail else ""])
+    headers = ["method", "SNR", "N", "NMSE mean", "NMSE med", "PSNR med", "SSIM med", "|Δe| mean", "size err med",
+               "flux err med", "failures"]
+    return tabulate(rows, headers=headers, disable_numparse=True)
+
+
+def _fmt(block: dict, metric: str, stat: str, spec: str = ".3e") -> str:
+    value = block.get(metric, {}).get(stat) if isinstance(block.get(metric), dict) else None
+    return "-" if value is None else format(value, spec)
+
+
+@app.command()
+def run(
+    method: List[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset HDF5 file"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing)"),
+    split: Optional[str] = typer.Option(None, "--split", help="split of --dataset"),
+    n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of --dataset/--split"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result JSON (one method) or directory (several)"),
+    save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="write estimates to this HDF5 file "
+                                                "(a directory when several methods run)"),
+    option: List[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
+    strict: bool = typer.Option(False, "--strict", help="exit non-zero if any stamp failed"),
+    workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
+) -> None:
+    """Run one or more deconvolvers over a dataset and print the comparison table."""
+    import shlex
+
+    from .harness import run_method
+    from .methods import load_method
+    from .store import open_dataset
+
+    options = _parse_options(option)
+    unknown = set(options) - set(method)
+    if unknown:
+        raise DeconvbenchError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
+    path = _resolve_data(data, dataset, split, n, workers)
+    with open_dataset(path) as ds:
+        attrs = ds.attrs
+        total = ds.n
+    tag = f"{attrs['card_name']}-v{attrs['card_version']}_{attrs['split']}"
+    several = len(method) > 1
+    command = "deconvbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = []
+    for name in method:
+        instance = load_method(name, **options.get(name, {}))
+        if out is None:
+            result_path = Path("out") / f"{name}_{tag}.json"
+        else:
+            result_path = out / f"{name}_{tag}.json" if several else out
+        outputs = None
+        if save_outputs is not None:
+            outputs = save_outputs / f"{name}_{tag}.h5" if several else save_outputs
+        with progress_bar() as progress:
+            task = progress.add_task(f"{name} on {tag}", total=total, rate="")
+            result = run_method(instance, path, result_path, batch_size=batch_size, save_outputs=outputs,
+                                resume=resume, progress=RateTracker(progress, task), command=command)
+        failures = result["failures"]
+        if failures["stamps_failed"]:
+            err_console.print(f"[yellow]warning:[/yellow] {name}: {failures['stamps_failed']} of {total} stamps "
+                              f"failed (first: {escape(str(failures['first_error']))})", highlight=False, soft_wrap=True)
+        err_console.print(f"wrote {escape(str(result_path))}", highlight=False)
+        results.append(result)
+    print(comparison_table(results))
+    if strict and any(r["failures"]["stamps_failed"] for r in results):
+        raise DeconvbenchError("--strict: some stamps failed (see the table and the result files)")
+
+
+def _repo_file(name: str) -> Path:
+    """A file at the top of the source checkout (results/, leaderboard.md)."""
+    return Path(__file__).resolve().parent.parent / name
+
+
+@app.command()
+def submit(
+    result: Path = typer.Argument(..., help="result JSON written by `deconvbench run`"),
+    results_dir: Path = typer.Option(None, "--results-dir", help="default: results/ of this checkout"),
+    replace: bool = typer.Option(False, "--replace", help="supersede an existing result of the same method"),
+) -> None:
+    """Validate a result and add it to results/ (nothing changes if it is rejected)."""
+    from .leaderboard import submit as do_submit
+
+    target = do_submit(result, results_dir or _repo_file("results"), replace=replace)
+    print(f"accepted: {target}")
+
+
+@app.command()
+def leaderboard(
+    results_dir: Path = typer.Option(None, "--results-dir", help="default: results/ of this checkout"),
+    out: Path = typer.Option(None, "--out", help="default: leaderboard.md of this checkout"),
+    check: bool = typer.Option(False, "--check", help="exit non-zero if the file is not what results/ implies"),
+) -> None:
+    """Regenerate leaderboard.md from results/ (deterministic)."""
+    from .leaderboard import render_leaderboard
+
+    text = render_leaderboard(results_dir or _repo_file("results"))
+    target = out or _repo_file("leaderboard.md")
+    if check:
+        current = target.read_text() if target.exists() else ""
+        if current != text:
+            raise DeconvbenchError(f"{target} is out of date with the results (run `deconvbench leaderboard`)")
+        print(f"{target} is up to date")
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+    print(f"wrote {target}")
+
+
+@app.command("record-checksum")
+def record_checksum(files: List[Path] = typer.Argument(..., help="generated dataset files")) -> None:
+    """Maintainers: publish the verified checksum of generated split(s) in datasets/checksums.json."""
+    import json
+
+    from .cards import cards_dir, expected_checksums, load_card
+    from .store import open_dataset, verify as verify_file
+
+    table = expected_checksums()
+    for path in files:
+        checksum = verify_file(path)
+        with open_dataset(path) as dataset:
+            attrs = dataset.attrs
+        card = load_card(attrs["card_name"])
+        if attrs["card_hash"] != card.card_hash():
+            raise DeconvbenchError(f"{path} was generated from a different version of card {card.name}")
+        entry = table.setdefault(card.name, {"version": card.version, "splits": {}})
+        if entry.get("version") != card.version:
+            entry.clear()
+            entry.update({"version": card.version, "splits": {}})
+        key = attrs["split"] if int(attrs["n"]) == card.split(attrs["split"]).n else f"{attrs['split']}@{attrs['n']}"
+        entry["splits"][key] = {"n": int(attrs["n"]), "checksum": checksum}
+        print(f"{card.name} v{card.version} {key}: {checksum}")
+    target = cards_dir() / "checksums.json"
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    tmp.replace(target)
+
+
 def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: int = 1) -> Path:
     """Path of a generated split, generating (or regenerating a corrupt file) if needed."""
     from .cards import load_card
@@ -170,7 +367,7 @@ def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: in
             verify_file(path)
             return path
         except DeconvbenchError as exc:
-            err_console.print(f"regenerating: {exc}", highlight=False)
+            err_console.print(f"regenerating: {escape(str(exc))}", highlight=False)
     total = n or card.split(split).n
     with progress_bar() as progress:
         task = progress.add_task(f"generate {card.name}/{split}", total=total, rate="")
@@ -189,7 +386,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except DeconvbenchError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
@@ -200,7 +397,7 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         if isinstance(exc, click.ClickException):
-            err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)

@@ -1,0 +1,262 @@
+"""Run a deconvolver over a dataset: batching, timing, memory, failures, resume, results.
+
+The harness streams the dataset file in batches (memory bounded by the batch size),
+hands each batch to the method (numpy in, numpy out), checks the output (shape, finite
+values) and computes per-stamp metrics against ``truth``. A batch on which the method
+raises, or returns the wrong shape, marks its stamps as failed; non-finite stamps are
+marked as such. Failed stamps never enter the averages: they are counted and reported
+with the first error message.
+
+After every batch the per-stamp state is checkpointed atomically next to the result
+(``RESULT.partial.npz``); ``resume=True`` continues a killed run from its last completed
+batch, provided method, parameters, dataset checksum and batch size are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+
+from .errors import DeconvbenchError
+from .methods import Batch, Deconvolver
+from .metrics.aggregate import aggregate, stamp_metrics
+from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
+from .store import open_dataset
+
+SCHEMA_VERSION = 1
+
+STATUS_OK, STATUS_RAISED, STATUS_BAD_SHAPE, STATUS_NONFINITE = 0, 1, 2, 3
+STATUS_NAMES = {STATUS_RAISED: "raised", STATUS_BAD_SHAPE: "wrong_shape", STATUS_NONFINITE: "nonfinite"}
+
+
+def snr_label(snr_level: float) -> str:
+    return "noiseless" if math.isinf(snr_level) else f"{snr_level:g}"
+
+
+@dataclass
+class RunState:
+    """Everything needed to resume: per-stamp metrics and bookkeeping."""
+
+    n: int
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    status: np.ndarray | None = None
+    next_index: int = 0
+    deconv_seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    identity: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, status=self.status, **{f"m_{k}": v for k, v in self.metrics.items()},
+                     meta=np.array(json.dumps({"next_index": self.next_index, "deconv_seconds": self.deconv_seconds,
+                                                "errors": self.errors, "identity": self.identity})))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunState":
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            metrics = {k[2:]: data[k] for k in data.files if k.startswith("m_")}
+            status = data["status"]
+        state = cls(n=len(status), metrics=metrics, status=status)
+        state.next_index = meta["next_index"]
+        state.deconv_seconds = meta["deconv_seconds"]
+        state.errors = meta["errors"]
+        state.identity = meta["identity"]
+        return state
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.npz")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    return value
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+class OutputWriter:
+    """Estimates written to HDF5 (``estimate`` (N,n,n) f4 + provenance), atomically."""
+
+    def __init__(self, path: Path, n: int, stamp_size: int, attrs: dict, resume: bool):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.partial.exists():
+            self._file = h5py.File(self.partial, "a")
+        else:
+            self._file = h5py.File(self.partial, "w")
+            self._file.create_dataset("estimate", shape=(n, stamp_size, stamp_size), dtype="<f4",
+                                      chunks=(min(64, n), stamp_size, stamp_size), compression="gzip", shuffle=True)
+            for key, value in attrs.items():
+                self._file.attrs[key] = value
+
+    def write(self, start: int, estimate: np.ndarray) -> None:
+        self._file["estimate"][start : start + len(estimate)] = estimate
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        os.replace(self.partial, self.path)
+
+
+def run_method(
+    method: Deconvolver,
+    data_path: str | Path,
+    out: str | Path,
+    batch_size: int = 256,
+    save_outputs: str | Path | None = None,
+    resume: bool = False,
+    progress: Callable[[int], None] | None = None,
+    command: str | None = None,
+) -> dict:
+    """Run ``method`` on every stamp of ``data_path``; write and return the result dict."""
+    if batch_size < 1:
+        raise DeconvbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    out = Path(out)
+    ckpt = checkpoint_path(out)
+    with open_dataset(data_path) as dataset:
+        attrs = dataset.attrs
+        n, size = dataset.n, dataset.stamp_size
+        params = dataset.params()
+        method_params = method.params()
+        identity = {"method": method.name, "params": method_params, "checksum": dataset.checksum,
+                    "batch_size": batch_size, "n": n}
+        identity = json.loads(json.dumps(_json_safe(identity)))
+        state = None
+        if resume and ckpt.exists():
+            state = RunState.load(ckpt)
+            if state.identity != identity:
+                raise DeconvbenchError(f"cannot resume from {ckpt}: it belongs to a different run "
+                                       "(method, parameters, dataset or batch size changed); remove it")
+        if state is None:
+            state = RunState(n=n, status=np.zeros(n, dtype=np.int8), identity=identity)
+        writer = None
+        if save_outputs:
+            writer = OutputWriter(Path(save_outputs), n, size,
+                                  {"method": method.name, "dataset_checksum": dataset.checksum,
+                                   "card_name": attrs["card_name"], "split": attrs["split"]},
+                                  resume=resume and state.next_index > 0)
+        if progress and state.next_index:
+            progress(state.next_index)
+        with PeakMemory() as memory:
+            for start, arrays in dataset.iter_batches(batch_size, start=state.next_index,
+                                                      keys=("observed", "psf", "noise_sigma", "truth")):
+                truth = arrays["truth"].astype(np.float64)
+                batch = Batch(observed=arrays["observed"], psf=arrays["psf"], noise_sigma=arrays["noise_sigma"],
+                              pixel_scale_arcsec=dataset.pixel_scale_arcsec,
+                              target_fwhm_arcsec=dataset.target_psf_fwhm_arcsec)
+                count = len(truth)
+                sl = slice(start, start + count)
+                estimate, status, error = _call_method(method, batch, state)
+                if estimate is not None:
+                    per_stamp = stamp_metrics(estimate, truth)
+                    finite = np.isfinite(estimate).all(axis=(1, 2))
+                    for key, values in per_stamp.items():
+                        if key not in state.metrics:
+                            state.metrics[key] = np.full(n, np.nan)
+                        state.metrics[key][sl] = np.where(finite, values, np.nan)
+                    state.status[sl] = np.where(finite, STATUS_OK, STATUS_NONFINITE)
+                    if not finite.all() and len(state.errors) < 20:
+                        state.errors.append(f"stamps {start}..{start + count - 1}: "
+                                            f"{int((~finite).sum())} non-finite estimate(s)")
+                    if writer:
+                        writer.write(start, estimate.astype(np.float32))
+                else:
+                    state.status[sl] = status
+                    if len(state.errors) < 20:
+                        state.errors.append(f"stamps {start}..{start + count - 1}: {error}")
+                state.next_index = start + count
+                if writer:
+                    writer.flush()
+                state.save(ckpt)
+                if progress:
+                    progress(count)
+        if writer:
+            writer.close()
+    result = build_result(method, attrs, params, state, batch_size, memory, command)
+    write_json_atomic(out, result)
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def _call_method(method: Deconvolver, batch: Batch, state: RunState):
+    """Run one batch; returns (estimate or None, status, error message)."""
+    t0 = time.perf_counter()
+    try:
+        estimate = method.deconvolve(batch)
+    except Exception as exc:  # a broken method is reported, never fatal
+        state.deconv_seconds += time.perf_counter() - t0
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return None, STATUS_RAISED, f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})"
+    state.deconv_seconds += time.perf_counter() - t0
+    estimate = np.asarray(estimate)
+    if estimate.shape != batch.observed.shape:
+        return None, STATUS_BAD_SHAPE, f"wrong output shape {estimate.shape}, expected {batch.observed.shape}"
+    return estimate.astype(np.float64, copy=False), STATUS_OK, ""
+
+
+def failure_summary(state: RunState) -> dict:
+    counts = {name: int(np.sum(state.status == code)) for code, name in STATUS_NAMES.items()}
+    return {"stamps_failed": int(np.sum(state.status != STATUS_OK)), **counts,
+            "first_error": state.errors[0] if state.errors else None, "errors": state.errors}
+
+
+def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch_size: int,
+                 memory: PeakMemory, command: str | None) -> dict:
+    groups = {
+        "snr": np.array([snr_label(s) for s in params["snr_level"]]),
+        "psf_family": np.array([f.decode() for f in params["psf_family"]]),
+    }
+    metrics = aggregate(state.metrics, groups) if state.metrics else {}
+    ok = int(np.sum(state.status == STATUS_OK))
+    seconds = state.deconv_seconds
+    versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": method.name, "params": method.params(), "device": getattr(method, "device", "cpu"),
+                   "version": getattr(method, "version", versions["deconvbench"])},
+        "dataset": {"card": attrs["card_name"], "version": attrs["card_version"], "split": attrs["split"],
+                    "n": int(attrs["n"]), "checksum": attrs["checksum"], "card_hash": attrs["card_hash"]},
+        "versions": versions,
+        "git_commit": git_commit(),
+        "hardware": hardware(getattr(method, "device", "cpu")),
+        "metrics": metrics,
+        "failures": failure_summary(state),
+        "throughput": {"deconv_gal_per_s": state.n / seconds if seconds > 0 else None,
+                       "deconv_seconds": seconds, "batch_size": batch_size,
+                       "device": getattr(method, "device", "cpu"), "stamps_ok": ok},
+        "peak_memory_mb": memory.peak_mb,
+        "memory_increase_mb": memory.increase_mb,
+        "timestamp": utc_now(),
+        "command": command,
+    }

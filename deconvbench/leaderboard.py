@@ -1,0 +1,253 @@
+"""Results → validated submissions → ``leaderboard.md``.
+
+``results/`` holds one result JSON per (method, dataset, split): the leaderboard's source
+of truth. :func:`validate_result` checks a result before it may enter (schema, known card
+and version, dataset checksum equal to the card's published checksum, finite values in
+range, method name and version, no markup in free-text fields); :func:`render_leaderboard`
+turns the directory into markdown deterministically (sorted input, no clock).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from .cards import expected_checksum, load_card
+from .errors import CardError, DeconvbenchError
+
+SCHEMA_VERSION = 1
+M_REQUIREMENT = 1e-3  # |m| for isolated galaxies (LSST-like requirement)
+C_REQUIREMENT = 1e-4
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+MARKUP_RE = re.compile(r"[<>|`\[\]\n\r\\*]|https?:|javascript:", re.IGNORECASE)
+
+
+class SubmissionError(DeconvbenchError):
+    """A result file that may not enter results/."""
+
+
+def _require(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise SubmissionError(f"missing field '{dotted}'")
+        node = node[part]
+    return node
+
+
+def _walk_strings(node: Any, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk_strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk_strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def _walk_numbers(node: Any, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk_numbers(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk_numbers(value, f"{path}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
+
+
+# free-text fields that end up in the leaderboard (or could be shown there)
+DISPLAYED_TEXT = ("method.name", "method.version", "method.device", "hardware.cpu", "hardware.device",
+                  "hardware.machine", "versions", "timestamp", "dataset.card", "dataset.split", "git_commit")
+
+
+def validate_result(data: Any) -> None:
+    """Raise :class:`SubmissionError` naming the first problem; return None if valid."""
+    if not isinstance(data, dict):
+        raise SubmissionError("a result must be a JSON object")
+    if _require(data, "schema_version") != SCHEMA_VERSION:
+        raise SubmissionError(f"schema_version must be {SCHEMA_VERSION}")
+    name = _require(data, "method.name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise SubmissionError(f"method.name {name!r} must match {NAME_RE.pattern}")
+    version = _require(data, "method.version")
+    if not isinstance(version, str) or not version:
+        raise SubmissionError("method.version must be a non-empty string")
+    for path, text in _walk_strings(data):
+        shown = any(path == f or path.startswith(f + ".") for f in DISPLAYED_TEXT)
+        if shown and MARKUP_RE.search(text):
+            raise SubmissionError(f"field '{path}' contains markup or links: {text[:40]!r}")
+        if len(text) > 2000:
+            raise SubmissionError(f"field '{path}' is too long")
+    card_name = _require(data, "dataset.card")
+    try:
+        card = load_card(card_name) if isinstance(card_name, str) and NAME_RE.match(card_name) else None
+    except CardError:
+        card = None
+    if card is None:
+        raise SubmissionError(f"unknown dataset card {card_name!r}")
+    if _require(data, "dataset.version") != card.version:
+        raise SubmissionError(f"dataset.version {data['dataset']['version']!r} is not the card's version {card.version!r}")
+    split = _require(data, "dataset.split")
+    if split not in card.splits:
+        raise SubmissionError(f"card {card.name} has no split {split!r}")
+    n = _require(data, "dataset.n")
+    expected = expected_checksum(card, split, n)
+    if expected is None:
+        raise SubmissionError(f"no published checksum for {card.name}/{split} with n={n} (see datasets/checksums.json)")
+    if _require(data, "dataset.checksum") != expected:
+        raise SubmissionError(f"dataset.checksum does not match the published checksum of {card.name}/{split} (n={n})")
+    for path, value in _walk_numbers(data):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SubmissionError(f"field '{path}' is not finite")
+    overall = _require(data, "metrics.overall")
+    for metric, low, high in (("nmse", 0.0, 1e6), ("ssim", -1.0, 1.0), ("psnr", -100.0, 400.0)):
+        for stat in ("mean", "median"):
+            value = overall.get(metric, {}).get(stat)
+            if value is not None and not low <= value <= high:
+                raise SubmissionError(f"metrics.overall.{metric}.{stat} = {value} is out of range [{low}, {high}]")
+    speed = _require(data, "throughput.deconv_gal_per_s")
+    if speed is not None and not (isinstance(speed, (int, float)) and speed > 0):
+        raise SubmissionError("throughput.deconv_gal_per_s must be > 0")
+    if not (isinstance(data.get("peak_memory_mb"), (int, float)) and data["peak_memory_mb"] > 0):
+        raise SubmissionError("peak_memory_mb must be > 0")
+    if "metacal" in data:
+        block = _require(data, "metacal.overall")
+        for key in ("m", "m_err", "c", "c_err"):
+            value = block.get(key)
+            if not isinstance(value, (int, float)) or abs(value) > 10:
+                raise SubmissionError(f"metacal.overall.{key} missing or out of range")
+
+
+def canonical_name(data: dict) -> str:
+    ds = data["dataset"]
+    return f"{ds['card']}-v{ds['version']}_{ds['split']}_{data['method']['name']}.json"
+
+
+def submit(path: str | Path, results_dir: str | Path, replace: bool = False) -> Path:
+    """Validate ``path`` and copy it into ``results_dir`` under its canonical name."""
+    path, results_dir = Path(path), Path(results_dir)
+    try:
+        data = json.loads(Path(path).read_text(), parse_constant=lambda c: float(c))
+    except FileNotFoundError:
+        raise SubmissionError(f"no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{path} is not valid JSON: {exc}") from None
+    validate_result(data)
+    target = results_dir / canonical_name(data)
+    if target.exists() and not replace:
+        raise SubmissionError(f"{target} exists (use --replace to supersede it)")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(path, tmp)
+    tmp.replace(target)
+    return target
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    results = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        data["_file"] = path.name
+        results.append(data)
+    return results
+
+
+def _num(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _pm(value: Any, err: Any, spec: str) -> str:
+    if value is None:
+        return "–"
+    return f"{format(value, spec)} ± {format(err, spec)}" if err is not None else format(value, spec)
+
+
+def _meets(block: dict) -> str:
+    m, c = block.get("m"), block.get("c")
+    if m is None or c is None:
+        return "–"
+    return "yes" if abs(m) < M_REQUIREMENT and abs(c) < C_REQUIREMENT else "no"
+
+
+def quality_q(m: float | None, c: float | None) -> float | None:
+    """GREAT3-style quality score Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²).
+
+    Like GREAT3's Q it rewards small multiplicative and additive biases, measured in units
+    of the requirement; unlike GREAT3 it has no per-branch normalisation: Q = 2000 for an
+    unbiased method, ≈ 1155 with both |m| and |c| at the requirement."""
+    if m is None or c is None:
+        return None
+    return 2000.0 / math.sqrt(1.0 + (m / M_REQUIREMENT) ** 2 + (c / C_REQUIREMENT) ** 2)
+
+
+def render_leaderboard(results_dir: str | Path) -> str:
+    results = load_results(results_dir)
+    by_dataset: dict[tuple, list[dict]] = {}
+    for result in results:
+        ds = result["dataset"]
+        by_dataset.setdefault((ds["card"], ds["version"], ds["split"]), []).append(result)
+    lines = [
+        "# deconvbench leaderboard",
+        "",
+        "Generated by `deconvbench leaderboard` from the result files in `results/`; do not edit by hand.",
+        "Every row names its result file: rerun the `command` stored in it to reproduce the row.",
+        f"Requirement marked in **req**: |m| < {M_REQUIREMENT:g} and |c| < {C_REQUIREMENT:g}. "
+        "Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²). NMSE, SSIM: means over stamps; |Δe|: mean adaptive-moment "
+        "ellipticity error.",
+        "",
+    ]
+    for (card, version, split), rows in sorted(by_dataset.items()):
+        lines += [f"## {card} v{version} — {split} (n = {rows[0]['dataset']['n']})", ""]
+        table = []
+        for r in rows:
+            overall = r.get("metrics", {}).get("overall", {})
+            mc = r.get("metacal", {}).get("overall", {})
+            alpha = r.get("metacal", {}).get("alpha", {})
+            thr = r.get("throughput", {})
+            table.append({
+                "method": r["method"]["name"],
+                "NMSE": overall.get("nmse", {}).get("mean"),
+                "SSIM": overall.get("ssim", {}).get("mean"),
+                "|Δe|": overall.get("e_err", {}).get("mean"),
+                "m": mc.get("m"), "m_err": mc.get("m_err"), "c": mc.get("c"), "c_err": mc.get("c_err"),
+                "alpha": alpha.get("alpha") if isinstance(alpha, dict) else None,
+                "req": _meets(mc) if mc else "–",
+                "Q": quality_q(mc.get("m"), mc.get("c")) if mc else None,
+                "mcal/s": thr.get("metacal_gal_per_s"),
+                "deconv/s": thr.get("deconv_gal_per_s"),
+                "mem": r.get("peak_memory_mb"),
+                "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40] + f" ({r['hardware'].get('device')})",
+                "version": r["method"].get("version"),
+                "date": (r.get("timestamp") or "")[:10],
+                "file": r["_file"],
+            })
+        has_metacal = any(row["m"] is not None for row in table)
+        if has_metacal:
+            table.sort(key=lambda row: (row["Q"] is None, -(row["Q"] or 0), row["method"]))
+        else:
+            table.sort(key=lambda row: (row["NMSE"] is None, row["NMSE"] or 0, row["method"]))
+        out = []
+        for row in table:
+            entry = [row["method"], _num(row["NMSE"], ".3e"), _num(row["SSIM"], ".3f"), _num(row["|Δe|"], ".4f")]
+            if has_metacal:
+                entry += [_pm(row["m"], row["m_err"], ".1e"), _pm(row["c"], row["c_err"], ".1e"),
+                          _num(row["alpha"], ".2e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
+            entry += [_num(row["deconv/s"], ",.0f"), _num(row["mem"], ",.0f"), row["hardware"], row["version"],
+                      row["date"], f"`{row['file']}`"]
+            out.append(entry)
+        headers = ["method", "NMSE", "SSIM", "|Δe|"]
+        if has_metacal:
+            headers += ["m ± σm", "c ± σc", "α", "req", "Q", "metacal gal/s"]
+        headers += ["deconv stamps/s", "peak MB", "hardware", "version", "date", "result file"]
+        lines += [tabulate(out, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if not by_dataset:
+        lines += ["No results yet.", ""]
+    return "\n".join(lines)
