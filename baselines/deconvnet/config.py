@@ -112,3 +112,20 @@ class DeconvNetConfig:
 
     def replace(self, **changes: Any) -> "DeconvNetConfig":
         return dataclasses.replace(self, **changes)
+
+
+def pad_amounts(n: int, multiple: int) -> tuple[int, int]:
+    """(before, after) zero padding that brings a side of n pixels to a multiple of
+    ``multiple`` (the image path pads, runs, then crops back)."""
+    total = (-n) % multiple
+    return total // 2, total - total // 2
+
+
+def centre_window(n: int, size: int) -> tuple[int, int, int]:
+    """(pad_lo, pad_hi, start) such that ``pad(a, (pad_lo, pad_hi))[start:start+size]``
+    is the ``size``-long window of ``a`` (length n) whose index ``size//2`` is the
+    centre pixel ``n//2`` (the PSF crop seen by the PSF encoder)."""
+    lo = n // 2 - size // 2
+    pad_lo = max(0, -lo)
+    pad_hi = max(0, lo + size - n)
+    return pad_lo, pad_hi, lo + pad_lo

@@ -1,0 +1,192 @@
+"""The registered DeconvNet methods: ``DeconvNetJax`` and ``DeconvNetTorch``.
+
+Both load the same neutral weights file (``convert.py``), so a model trained in one
+framework runs in the other. Default weights: ``weights/deconvnet-<dataset>.npz`` next
+to this file (``dataset="ground-v1"`` unless given).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deconvbench.errors import MethodError
+from deconvbench.methods import Batch
+
+from .convert import check_flat, load_weights
+from .normalise import denormalise, normalise
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_DATASET = "ground-v1"
+
+
+def default_weights_path(dataset: str = DEFAULT_DATASET) -> Path:
+    return WEIGHTS_DIR / f"deconvnet-{dataset}.npz"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bucket(m: int, batch_size: int) -> int:
+    """Chunk length to run m stamps at: the next power of two (>= 8), capped at
+    batch_size, so that JAX compiles few distinct shapes."""
+    return min(batch_size, max(8, 1 << (m - 1).bit_length()))
+
+
+class _DeconvNetBase:
+    framework = ""
+    pad_chunks = False  # pad the last chunk to a power of two (limits JAX recompilation)
+    description = ""
+    requires: tuple[str, ...] = ()
+    extra = ""
+
+    def __init__(self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET):
+        try:
+            self.batch_size = int(batch_size)
+        except (TypeError, ValueError):
+            self.batch_size = 0
+        if self.batch_size < 1:
+            raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.device = "cpu"
+        self.name = f"deconvnet-{self.framework}"
+        if weights is None:
+            path = default_weights_path(dataset)
+            if not path.exists():
+                raise MethodError(
+                    f"no trained weights at {path}; train with `deconvbench train ...` on {dataset} "
+                    "and put its best.npz there, or pass weights=PATH"
+                )
+        else:
+            path = Path(weights).expanduser()
+            if not path.exists():
+                raise MethodError(f"no DeconvNet weights file at {path}")
+        try:
+            flat, config, metadata = load_weights(path)
+        except (ValueError, OSError) as exc:
+            raise MethodError(f"cannot load DeconvNet weights {path}: {exc}") from exc
+        self.weights_path = path
+        self.weights_sha256 = _sha256(path)
+        self.config = config
+        self.metadata = metadata
+        self.n_params = int(sum(np.asarray(v).size for v in flat.values()))
+        try:
+            self._build(flat)
+        except ValueError as exc:
+            raise MethodError(f"DeconvNet weights {path} do not fit their config: {exc}") from exc
+
+    # framework hooks ------------------------------------------------------------
+    def _build(self, flat: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _apply(self, x: np.ndarray, psf: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # protocol -----------------------------------------------------------------
+    def deconvolve(self, batch: Batch) -> np.ndarray:
+        observed = np.asarray(batch.observed)
+        psf = np.asarray(batch.psf)
+        sigma = np.asarray(batch.noise_sigma, dtype=np.float64).reshape(-1)
+        if observed.ndim != 3 or psf.shape != observed.shape or sigma.shape != (len(observed),):
+            raise MethodError(
+                f"{self.name}: bad batch shapes observed {observed.shape}, psf {psf.shape}, noise_sigma {sigma.shape}"
+            )
+        self._check_geometry(batch)
+        out = np.empty(observed.shape, dtype=np.float32)
+        for start in range(0, len(observed), self.batch_size):
+            stop = min(start + self.batch_size, len(observed))
+            x, psf_in, noise_in, scale = normalise(observed[start:stop], psf[start:stop], sigma[start:stop])
+            m = stop - start
+            size = _bucket(m, self.batch_size) if self.pad_chunks else m
+            if size > m:
+                pad = ((0, size - m), (0, 0), (0, 0))
+                x, psf_in = np.pad(x, pad), np.pad(psf_in, pad)
+                noise_in = np.pad(noise_in, (0, size - m))
+            y = self._apply(x, psf_in, noise_in)[:m]
+            out[start:stop] = denormalise(y, scale)
+        return out
+
+    def _check_geometry(self, batch: Batch) -> None:
+        """Refuse data whose pixel scale or target PSF differ from the training data's
+        (when the weights record them): the output would silently be for the wrong target."""
+        for key, value in (("pixel_scale_arcsec", batch.pixel_scale_arcsec), ("target_fwhm_arcsec", batch.target_fwhm_arcsec)):
+            trained = self.metadata.get(key)
+            if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
+                raise MethodError(
+                    f"{self.name}: weights {self.weights_path.name} were trained for {key}={trained}, "
+                    f"the data has {value}; use weights trained for this dataset"
+                )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "weights": self.weights_path.name,
+            "weights_sha256": self.weights_sha256,
+            "n_params": self.n_params,
+            "config": self.config.to_dict(),
+            "trained_on": self.metadata.get("dataset"),
+            "batch_size": self.batch_size,
+        }
+
+
+class DeconvNetJax(_DeconvNetBase):
+    """DeconvNet (PSF-conditioned residual U-Net), JAX/flax inference on CPU."""
+
+    framework = "jax"
+    pad_chunks = True
+    description = "DeconvNet: PSF-conditioned (FiLM) residual U-Net, JAX/flax (trained weights)"
+    requires = ("jax", "flax")
+    extra = "jax"
+
+    def _build(self, flat):
+        import jax
+
+        from .convert import flat_to_jax_params, flatten_tree
+        from .jax_model import DeconvNetJax as Model
+        from .jax_model import init_params
+
+        check_flat(flat, flatten_tree(jax.eval_shape(lambda: init_params(self.config))))
+        model = Model(self.config)
+        self._params = jax.device_put(flat_to_jax_params(flat), jax.devices("cpu")[0])
+        # jax.jit caches one compiled executable per input shape
+        self._fn = jax.jit(lambda params, x, psf, noise: model.apply({"params": params}, x, psf, noise))
+
+    def _apply(self, x, psf, noise):
+        return np.asarray(self._fn(self._params, x, psf, noise))
+
+
+class DeconvNetTorch(_DeconvNetBase):
+    """DeconvNet (PSF-conditioned residual U-Net), PyTorch inference on CPU."""
+
+    framework = "torch"
+    description = "DeconvNet: PSF-conditioned (FiLM) residual U-Net, PyTorch (trained weights)"
+    requires = ("torch",)
+    extra = "torch"
+
+    def _build(self, flat):
+        import torch
+
+        from .convert import flat_to_torch_state
+        from .torch_model import DeconvNetTorch as Model
+
+        self._torch = torch
+        model = Model(self.config)
+        try:
+            model.load_state_dict(flat_to_torch_state(flat), strict=True)
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from exc
+        # channels_last: oneDNN convolutions run ~1.5x faster on CPU in this layout
+        self._model = model.to(device="cpu", dtype=torch.float32, memory_format=torch.channels_last).eval()
+
+    def _apply(self, x, psf, noise):
+        torch = self._torch
+        with torch.inference_mode():
+            t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (x, psf, noise)]
+            return self._model(*t).numpy()
