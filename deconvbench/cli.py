@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
@@ -228,16 +228,22 @@ def _fmt(block: dict, metric: str, stat: str, spec: str = ".3e") -> str:
 def run(
     method: List[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset HDF5 file"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing)"),
-    split: Optional[str] = typer.Option(None, "--split", help="split of --dataset"),
-    n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of --dataset/--split"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing); "
+                                          "with --metacal default metacal-v1"),
+    split: Optional[str] = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
+    n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of each split"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
-    out: Optional[Path] = typer.Option(None, "--out", help="result JSON (one method) or directory (several)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result JSON (one run) or directory (several runs); "
+                                       "default out/"),
     save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="write estimates to this HDF5 file "
-                                                "(a directory when several methods run)"),
+                                                "(a directory when several runs)"),
     option: List[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
     resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero if any stamp failed"),
+    metacal: bool = typer.Option(False, "--metacal", help="also run metacalibration: shear bias m, c, alpha and "
+                                 "metacal throughput (needs a constant-shear card, e.g. metacal-v1)"),
+    estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
+    fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
     workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
 ) -> None:
     """Run one or more deconvolvers over a dataset and print the comparison table."""
@@ -251,27 +257,48 @@ def run(
     unknown = set(options) - set(method)
     if unknown:
         raise DeconvbenchError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
-    path = _resolve_data(data, dataset, split, n, workers)
-    with open_dataset(path) as ds:
-        attrs = ds.attrs
-        total = ds.n
-    tag = f"{attrs['card_name']}-v{attrs['card_version']}_{attrs['split']}"
-    several = len(method) > 1
+    mcal_config = None
+    if metacal:
+        from .metacal.measure import MetacalConfig
+
+        try:
+            mcal_config = MetacalConfig(estimator=estimator, fixnoise=fixnoise)
+        except (KeyError, ValueError) as exc:
+            raise DeconvbenchError(str(exc).strip("\"'")) from None
+    elif fixnoise or estimator != "wmom":
+        raise DeconvbenchError("--estimator and --fixnoise apply to --metacal runs only")
+    if n is not None and n < 1:
+        raise DeconvbenchError(f"--n must be >= 1, got {n}")
+    paths = _resolve_runs(data, dataset, split, n, workers, metacal)
+    runs = [(path, name) for path in paths for name in method]
+    several = len(runs) > 1
     command = "deconvbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    instances: dict[str, Any] = {}
     results = []
-    for name in method:
-        instance = load_method(name, **options.get(name, {}))
+    for path, name in runs:
+        with open_dataset(path) as ds:
+            attrs = ds.attrs
+            total = ds.n
+            kind = ds.card.get("kind")
+        tag = f"{attrs['card_name']}-v{attrs['card_version']}_{attrs['split']}"
+        if metacal and kind != "metacal":
+            raise DeconvbenchError(f"--metacal needs a constant-shear card (kind = metacal), not {attrs['card_name']}")
+        suffix = "_fixnoise" if fixnoise else ""
+        if name not in instances:
+            instances[name] = load_method(name, **options.get(name, {}))
+        instance = instances[name]
         if out is None:
-            result_path = Path("out") / f"{name}_{tag}.json"
+            result_path = Path("out") / f"{name}_{tag}{suffix}.json"
         else:
-            result_path = out / f"{name}_{tag}.json" if several else out
+            result_path = out / f"{name}_{tag}{suffix}.json" if several else out
         outputs = None
         if save_outputs is not None:
             outputs = save_outputs / f"{name}_{tag}.h5" if several else save_outputs
         with progress_bar() as progress:
             task = progress.add_task(f"{name} on {tag}", total=total, rate="")
             result = run_method(instance, path, result_path, batch_size=batch_size, save_outputs=outputs,
-                                resume=resume, progress=RateTracker(progress, task), command=command)
+                                resume=resume, progress=RateTracker(progress, task), command=command,
+                                metacal=mcal_config)
         failures = result["failures"]
         if failures["stamps_failed"]:
             err_console.print(f"[yellow]warning:[/yellow] {name}: {failures['stamps_failed']} of {total} stamps "
@@ -279,8 +306,64 @@ def run(
         err_console.print(f"wrote {escape(str(result_path))}", highlight=False)
         results.append(result)
     print(comparison_table(results))
+    if metacal:
+        print()
+        print(metacal_table(results))
     if strict and any(r["failures"]["stamps_failed"] for r in results):
         raise DeconvbenchError("--strict: some stamps failed (see the table and the result files)")
+
+
+def _resolve_runs(data: Optional[Path], dataset: Optional[str], split: Optional[str], n: Optional[int],
+                  workers: int, metacal: bool) -> list[Path]:
+    """The dataset files of a run: one file, one split, or (metacal) every split of a card."""
+    if data is not None or not metacal:
+        return [_resolve_data(data, dataset, split, n, workers)]
+    from .cards import load_card
+
+    card = load_card(dataset or "metacal-v1")
+    if card.kind != "metacal":
+        raise DeconvbenchError(f"--metacal needs a constant-shear card (kind = metacal), not {card.name}")
+    splits = [split] if split else list(card.splits)
+    return [ensure_dataset(card.name, name, n=n, workers=workers) for name in splits]
+
+
+def metacal_table(results: list[dict]) -> str:
+    """One row per (method, split, SNR level): m ± σm, c ± σc, α, R, pairs, speed."""
+    rows = []
+    for result in results:
+        block = result.get("metacal")
+        if not block:
+            continue
+        speed = result["throughput"].get("metacal_gal_per_s")
+        labels = list(block["by_snr"]) if len(block["by_snr"]) > 1 else []
+        for label in labels + ["overall"]:
+            stats = block["overall"] if label == "overall" else block["by_snr"][label]
+            rows.append([
+                result["method"]["name"], result["dataset"]["split"], label if labels else next(iter(block["by_snr"])),
+                _pm(stats.get("m"), stats.get("m_err")), _pm(stats.get("c"), stats.get("c_err")),
+                _pm(stats.get("c1"), stats.get("c1_err")), _pm(stats.get("alpha"), stats.get("alpha_err")),
+                _num(stats.get("R11"), ".4f"), stats.get("n_pairs"), stats.get("n_excluded"),
+                "yes" if stats.get("meets_requirement") else "NO",
+                f"{speed:,.1f}" if speed and label == "overall" else "",
+            ])
+        floor = block.get("m_floor_estimator")
+    headers = ["method", "split", "SNR", "m ± σm", "c ± σc", "c1 ± σ", "α ± σα", "<R11>", "pairs", "excluded",
+               "|m|<1e-3 & |c|<1e-4", "metacal gal/s"]
+    text = tabulate(rows, headers=headers, disable_numparse=True)
+    if rows:
+        text += (f"\nestimator {results[0]['metacal']['estimator']}; requirement |m| < 1e-3, |c| < 1e-4; "
+                 f"estimator non-linearity floor m ≈ 0.9·g² = {floor:.1e} (not a metacal error)")
+    return text
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pm(value, err) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2e} ± {err:.1e}" if err is not None else f"{value:+.2e}"
 
 
 def _repo_file(name: str) -> Path:
@@ -377,9 +460,148 @@ def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: in
 
 
 @app.command()
-def demo(workers: int = typer.Option(2, "--workers", "-j")) -> None:
-    """The embedded default job (`make run`): generate the smoke dataset and summarise it."""
-    ensure_dataset("smoke", "test", workers=workers)
+def train(
+    framework: str = typer.Option("torch", "--framework", help="jax or torch"),
+    dataset: str = typer.Option("ground-v1", "--dataset", help="card whose train/val splits are used"),
+    epochs: int = typer.Option(20, "--epochs", help="total epochs (a resumed run continues up to this)"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate"),
+    out: Path = typer.Option(Path("out/deconvnet"), "--out", help="directory for checkpoints and best.npz"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint in --out"),
+    patience: Optional[int] = typer.Option(5, "--patience", help="early stop after N epochs without improvement"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="random symmetries of the square"),
+    seed: int = typer.Option(0, "--seed"),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="use only the first N training stamps"),
+    n_val: Optional[int] = typer.Option(None, "--n-val", help="use only the first N validation stamps"),
+    width: Optional[int] = typer.Option(None, "--width", help="override DeconvNetConfig.width"),
+    workers: int = typer.Option(2, "--workers", "-j", help="workers for generating missing splits"),
+) -> None:
+    """Train DeconvNet on a card's train split (validation NMSE on its val split every epoch).
+
+    Writes OUT/best.npz (best-on-validation weights, loadable by both frameworks),
+    OUT/last.* (resumable checkpoint), OUT/history.json and OUT/model_card.json.
+    """
+    import json
+    import platform
+
+    try:
+        from deconvbench_baselines.deconvnet.config import DeconvNetConfig
+        from deconvbench_baselines.deconvnet.train import FRAMEWORKS
+        from deconvbench_baselines.deconvnet.train import train as run_training
+    except ImportError as exc:
+        raise DeconvbenchError(f"training needs the DeconvNet baselines and extra [{framework}]: {exc}") from None
+    from .runinfo import hardware, package_versions
+    from .store import open_dataset
+    from .streaming import sequential_batches, shuffled_batches
+
+    if framework not in FRAMEWORKS:
+        raise DeconvbenchError(f"--framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise DeconvbenchError("--epochs, --batch-size and --lr must be positive")
+    try:
+        __import__(framework)
+    except ImportError:
+        raise DeconvbenchError(f"--framework {framework} needs extra [{framework}] (pip install 'deconvbench[{framework}]')") from None
+    train_path = ensure_dataset(dataset, "train", workers=workers)
+    val_path = ensure_dataset(dataset, "val", workers=workers)
+    with open_dataset(train_path) as ds:
+        geometry = {"pixel_scale_arcsec": ds.pixel_scale_arcsec, "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
+                    "stamp_size": ds.stamp_size, "dataset": dataset, "train_checksum": ds.checksum,
+                    "n_train": ds.n if n_train is None else min(n_train, ds.n)}
+    config = DeconvNetConfig() if width is None else DeconvNetConfig(width=width)
+    n_epoch = geometry["n_train"]
+    command = "deconvbench " + " ".join(sys.argv[1:])
+
+    def train_batches(epoch: int):
+        return shuffled_batches(train_path, batch_size, seed, epoch, n=n_train)
+
+    def val_batches():
+        return sequential_batches(val_path, 256, n=n_val)
+
+    with progress_bar() as progress:
+        task = progress.add_task(f"train {framework}", total=epochs, rate="")
+
+        def report(record: dict) -> None:
+            progress.update(task, completed=record["epoch"] + 1,
+                            rate=f"val NMSE {record['val_nmse']:.4g}")
+            err_console.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
+                              f"val NMSE {record['val_nmse']:.4g}{' (best)' if record['best'] else ''}, "
+                              f"{n_epoch / record['time_s']:.1f} stamps/s", highlight=False)
+
+        try:
+            summary = run_training(framework, config, train_batches, val_batches, epochs=epochs, lr=lr, seed=seed,
+                                   out_dir=out, resume=resume, patience=patience, augment=augment,
+                                   progress=report, metadata={**geometry, "command": command})
+        except ValueError as exc:
+            raise DeconvbenchError(str(exc)) from None
+    card = {
+        "model": "DeconvNet", "framework_trained": framework, "config": config.to_dict(),
+        "command": command, "dataset": geometry, "epochs_completed": summary["epochs_completed"],
+        "best_epoch": summary["best_epoch"], "best_val_nmse": summary["best_val_nmse"],
+        "stopped_early": summary["stopped_early"], "wall_time_s": summary["wall_time_s"],
+        "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
+        "hardware": hardware(), "versions": package_versions((framework,)),
+        "history": summary["history"],
+    }
+    card_path = out / "model_card.json"
+    tmp = card_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+    tmp.replace(card_path)
+    print(f"best epoch {summary['best_epoch']}: val NMSE {summary['best_val_nmse']}; weights {summary['best_path']}")
+
+
+@app.command()
+def demo(
+    workers: int = typer.Option(2, "--workers", "-j"),
+    out: Path = typer.Option(Path("out/demo"), "--out", help="directory for the result JSONs"),
+) -> None:
+    """The embedded default job (`make run`): generate the smoke datasets, run every
+    available method on the smoke test split (comparison table) and a short metacal run
+    on the smoke-metacal splits (bias table)."""
+    from .harness import run_method
+    from .methods import MethodError, list_methods, load_method
+    from .metacal.measure import MetacalConfig
+
+    test_path = ensure_dataset("smoke", "test", workers=workers)
+    # every available method once (an alias such as `deconvnet` = `deconvnet-jax` is skipped)
+    infos = sorted(list_methods(), key=lambda info: (info.source, -len(info.name)))
+    names, seen = [], set()
+    for info in infos:
+        if info.source in seen:
+            continue
+        seen.add(info.source)
+        if info.available:
+            names.append(info.name)
+        else:
+            err_console.print(f"skipping {info.name}: {escape(info.reason)}", highlight=False)
+    methods = {}
+    for name in sorted(names):
+        try:
+            methods[name] = load_method(name)
+        except MethodError as exc:
+            err_console.print(f"skipping {name}: {escape(str(exc))}", highlight=False)
+    results = []
+    for name, method in methods.items():
+        with progress_bar() as progress:
+            task = progress.add_task(f"{name} on smoke/test", total=64, rate="")
+            results.append(run_method(method, test_path, out / f"{name}_smoke_test.json",
+                                      progress=RateTracker(progress, task), command="deconvbench demo"))
+    print("Deconvolution on smoke/test (64 stamps; metrics against truth, medians per SNR level)")
+    print(comparison_table(results))
+    print()
+    mcal_results = []
+    for split in ("noiseless", "snr50", "leakage"):
+        path = ensure_dataset("smoke-metacal", split, workers=workers)
+        for name, method in methods.items():
+            with progress_bar() as progress:
+                task = progress.add_task(f"{name} metacal on smoke-metacal/{split}", total=64, rate="")
+                mcal_results.append(run_method(method, path, out / f"{name}_smoke-metacal_{split}.json",
+                                               progress=RateTracker(progress, task), command="deconvbench demo",
+                                               metacal=MetacalConfig()))
+    print("Metacalibration on smoke-metacal (16 groups of 4 per split: σm is large at this size; "
+          "the full test is `deconvbench run --method NAME --metacal`)")
+    print(metacal_table(mcal_results))
+    err_console.print(f"result files in {escape(str(out))}/", highlight=False)
 
 
 def main() -> None:
@@ -391,18 +613,15 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+    except Exception as exc:  # usage errors and the like; anything else is a bug: traceback
+        if isinstance(exc, typer.Exit):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, typer.Abort):
+            sys.exit(130)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors
             err_console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
         raise
-
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import DeconvbenchError
 from .methods import Batch, Deconvolver
+from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
 from .metrics.aggregate import aggregate, stamp_metrics
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import open_dataset
@@ -53,12 +54,16 @@ class RunState:
     deconv_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     identity: dict = field(default_factory=dict)
+    mcal: dict[str, np.ndarray] = field(default_factory=dict)
+    metacal_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, status=self.status, **{f"m_{k}": v for k, v in self.metrics.items()},
+                     **{f"c_{k}": v for k, v in self.mcal.items()},
                      meta=np.array(json.dumps({"next_index": self.next_index, "deconv_seconds": self.deconv_seconds,
+                                                "metacal_seconds": self.metacal_seconds,
                                                 "errors": self.errors, "identity": self.identity})))
         os.replace(tmp, path)
 
@@ -67,8 +72,10 @@ class RunState:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
             metrics = {k[2:]: data[k] for k in data.files if k.startswith("m_")}
+            mcal = {k[2:]: data[k] for k in data.files if k.startswith("c_")}
             status = data["status"]
-        state = cls(n=len(status), metrics=metrics, status=status)
+        state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal)
+        state.metacal_seconds = meta.get("metacal_seconds", 0.0)
         state.next_index = meta["next_index"]
         state.deconv_seconds = meta["deconv_seconds"]
         state.errors = meta["errors"]
@@ -138,11 +145,18 @@ def run_method(
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
     command: str | None = None,
+    metacal: "MetacalConfig | None" = None,
 ) -> dict:
-    """Run ``method`` on every stamp of ``data_path``; write and return the result dict."""
+    """Run ``method`` on every stamp of ``data_path``; write and return the result dict.
+
+    With ``metacal`` (a :class:`deconvbench.metacal.measure.MetacalConfig`), every batch
+    also goes through the metacal step (``measure_batch``) and the result gets a
+    ``metacal`` block (bias m, c, α with bootstrap errors, overall and per SNR level) and
+    ``throughput.metacal_gal_per_s``."""
     if batch_size < 1:
         raise DeconvbenchError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_path(out)
     with open_dataset(data_path) as dataset:
         attrs = dataset.attrs
@@ -150,7 +164,7 @@ def run_method(
         params = dataset.params()
         method_params = method.params()
         identity = {"method": method.name, "params": method_params, "checksum": dataset.checksum,
-                    "batch_size": batch_size, "n": n}
+                    "batch_size": batch_size, "n": n, "metacal": metacal.to_dict() if metacal else None}
         identity = json.loads(json.dumps(_json_safe(identity)))
         state = None
         if resume and ckpt.exists():
@@ -171,6 +185,8 @@ def run_method(
         with PeakMemory() as memory:
             for start, arrays in dataset.iter_batches(batch_size, start=state.next_index,
                                                       keys=("observed", "psf", "noise_sigma", "truth")):
+                if metacal and not state.mcal:
+                    state.mcal = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
                 truth = arrays["truth"].astype(np.float64)
                 batch = Batch(observed=arrays["observed"], psf=arrays["psf"], noise_sigma=arrays["noise_sigma"],
                               pixel_scale_arcsec=dataset.pixel_scale_arcsec,
@@ -191,6 +207,8 @@ def run_method(
                                             f"{int((~finite).sum())} non-finite estimate(s)")
                     if writer:
                         writer.write(start, estimate.astype(np.float32))
+                    if metacal:
+                        _measure_metacal(method, batch, estimate, metacal, params["noise_seed"][sl], state, sl, start)
                 else:
                     state.status[sl] = status
                     if len(state.errors) < 20:
@@ -203,10 +221,29 @@ def run_method(
                     progress(count)
         if writer:
             writer.close()
-    result = build_result(method, attrs, params, state, batch_size, memory, command)
+    result = build_result(method, attrs, params, state, batch_size, memory, command, metacal)
     write_json_atomic(out, result)
     ckpt.unlink(missing_ok=True)
     return result
+
+
+def _measure_metacal(method, batch: Batch, estimate: np.ndarray, config, noise_seed, state: RunState,
+                     sl: slice, start: int) -> None:
+    """Metacal step for one batch; an exception is recorded as a failed measurement."""
+    t0 = time.perf_counter()
+    try:
+        values = measure_batch(method, batch, estimate, config, noise_seed=noise_seed)
+    except Exception as exc:  # reported, never fatal
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        state.mcal["flags"][sl] = -1
+        if len(state.errors) < 20:
+            state.errors.append(f"stamps {start}..{sl.stop - 1}: metacal step failed: {type(exc).__name__}: {exc} "
+                                f"({Path(where.filename).name}:{where.lineno})")
+        values = None
+    state.metacal_seconds += time.perf_counter() - t0
+    if values is not None:
+        for key in MEASUREMENT_KEYS:
+            state.mcal[key][sl] = values[key]
 
 
 def _call_method(method: Deconvolver, batch: Batch, state: RunState):
@@ -232,7 +269,7 @@ def failure_summary(state: RunState) -> dict:
 
 
 def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch_size: int,
-                 memory: PeakMemory, command: str | None) -> dict:
+                 memory: PeakMemory, command: str | None, metacal=None) -> dict:
     groups = {
         "snr": np.array([snr_label(s) for s in params["snr_level"]]),
         "psf_family": np.array([f.decode() for f in params["psf_family"]]),
@@ -241,7 +278,10 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
     ok = int(np.sum(state.status == STATUS_OK))
     seconds = state.deconv_seconds
     versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
-    return {
+    throughput = {"deconv_gal_per_s": state.n / seconds if seconds > 0 else None,
+                  "deconv_seconds": seconds, "batch_size": batch_size,
+                  "device": getattr(method, "device", "cpu"), "stamps_ok": ok}
+    result = {
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method.name, "params": method.params(), "device": getattr(method, "device", "cpu"),
                    "version": getattr(method, "version", versions["deconvbench"])},
@@ -252,11 +292,18 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
         "hardware": hardware(getattr(method, "device", "cpu")),
         "metrics": metrics,
         "failures": failure_summary(state),
-        "throughput": {"deconv_gal_per_s": state.n / seconds if seconds > 0 else None,
-                       "deconv_seconds": seconds, "batch_size": batch_size,
-                       "device": getattr(method, "device", "cpu"), "stamps_ok": ok},
+        "throughput": throughput,
         "peak_memory_mb": memory.peak_mb,
         "memory_increase_mb": memory.increase_mb,
         "timestamp": utc_now(),
         "command": command,
     }
+    if metacal is not None and state.mcal:
+        result["metacal"] = summarise(state.mcal, state.status == STATUS_OK, params, metacal)
+        # a method with its own metacal route (galsim-mcal) does the deconvolution inside
+        # it; for the others the metacal step is deconvolution + shear/reconvolution + estimator
+        own_route = hasattr(method, "metacal_images")
+        total = state.metacal_seconds + (0.0 if own_route else seconds)
+        throughput["metacal_seconds"] = total
+        throughput["metacal_gal_per_s"] = state.n / total if total > 0 else None
+    return result

@@ -173,6 +173,10 @@ def load_method(name: str, **options: Any) -> Deconvolver:
         method = factory(**options)
     except TypeError as exc:
         raise MethodError(f"method {name!r} rejected its options {options}: {exc}") from exc
+    except MethodError:
+        raise
+    except Exception as exc:  # e.g. missing weights: one clear line, not a traceback
+        raise MethodError(f"method {name!r} cannot start: {exc}") from exc
     if not getattr(method, "name", None):
         try:
             method.name = name

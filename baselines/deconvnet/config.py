@@ -33,7 +33,7 @@ CONDITIONINGS = ("film", "none")
 class DeconvNetConfig:
     depth: int = 3
     """Number of resolution levels of the U-Net (``depth - 1`` downsamplings by 2)."""
-    width: int = 32
+    width: int = 16
     """Channels at full resolution; level ``l`` has ``width * 2**l`` channels."""
     blocks_per_scale: int = 2
     """Residual blocks per level, in the encoder and again in the decoder."""
