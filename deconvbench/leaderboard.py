@@ -20,10 +20,8 @@ from tabulate import tabulate
 
 from .cards import expected_checksum, load_card
 from .errors import CardError, DeconvbenchError
-
-SCHEMA_VERSION = 1
-M_REQUIREMENT = 1e-3  # |m| for isolated galaxies (LSST-like requirement)
-C_REQUIREMENT = 1e-4
+from .harness import SCHEMA_VERSION
+from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MARKUP_RE = re.compile(r"[<>|`\[\]\n\r\\*]|https?:|javascript:", re.IGNORECASE)
 
@@ -126,9 +124,20 @@ def validate_result(data: Any) -> None:
                 raise SubmissionError(f"metacal.overall.{key} missing or out of range")
 
 
+def _variant(data: dict) -> str:
+    """Suffix distinguishing runs of one method on one split (metacal options)."""
+    block = data.get("metacal") or {}
+    parts = []
+    if block.get("estimator", "wmom") != "wmom":
+        parts.append(str(block["estimator"]))
+    if block.get("fixnoise"):
+        parts.append("fixnoise")
+    return "".join(f"_{p}" for p in parts)
+
+
 def canonical_name(data: dict) -> str:
     ds = data["dataset"]
-    return f"{ds['card']}-v{ds['version']}_{ds['split']}_{data['method']['name']}.json"
+    return f"{ds['card']}-v{ds['version']}_{ds['split']}_{data['method']['name']}{_variant(data)}.json"
 
 
 def submit(path: str | Path, results_dir: str | Path, replace: bool = False) -> Path:
@@ -210,15 +219,15 @@ def render_leaderboard(results_dir: str | Path) -> str:
         for r in rows:
             overall = r.get("metrics", {}).get("overall", {})
             mc = r.get("metacal", {}).get("overall", {})
-            alpha = r.get("metacal", {}).get("alpha", {})
+            alpha = r.get("metacal", {}).get("alpha")
             thr = r.get("throughput", {})
             table.append({
-                "method": r["method"]["name"],
+                "method": r["method"]["name"] + _variant(r).replace("_", " "),
                 "NMSE": overall.get("nmse", {}).get("mean"),
                 "SSIM": overall.get("ssim", {}).get("mean"),
                 "|Δe|": overall.get("e_err", {}).get("mean"),
                 "m": mc.get("m"), "m_err": mc.get("m_err"), "c": mc.get("c"), "c_err": mc.get("c_err"),
-                "alpha": alpha.get("alpha") if isinstance(alpha, dict) else None,
+                "alpha": alpha, "alpha_err": r.get("metacal", {}).get("alpha_err"),
                 "req": _meets(mc) if mc else "–",
                 "Q": quality_q(mc.get("m"), mc.get("c")) if mc else None,
                 "mcal/s": thr.get("metacal_gal_per_s"),
@@ -239,7 +248,7 @@ def render_leaderboard(results_dir: str | Path) -> str:
             entry = [row["method"], _num(row["NMSE"], ".3e"), _num(row["SSIM"], ".3f"), _num(row["|Δe|"], ".4f")]
             if has_metacal:
                 entry += [_pm(row["m"], row["m_err"], ".1e"), _pm(row["c"], row["c_err"], ".1e"),
-                          _num(row["alpha"], ".2e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
+                          _pm(row["alpha"], row["alpha_err"], ".1e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
             entry += [_num(row["deconv/s"], ",.0f"), _num(row["mem"], ",.0f"), row["hardware"], row["version"],
                       row["date"], f"`{row['file']}`"]
             out.append(entry)

@@ -7,7 +7,7 @@ import galsim
 import numpy as np
 import pytest
 
-from deconvbench.metacal.bias import estimate_bias, leakage_alpha, quality_factor_q
+from deconvbench.metacal.bias import estimate_bias, leakage_alpha
 from deconvbench.metacal.estimators import response, wmom
 from deconvbench.metacal.psf_fit import reconv_fwhm
 from deconvbench.metacal.shear_ops import metacal_images
@@ -67,12 +67,9 @@ def test_invalid_stamps_drop_their_pair_or_group(exclude, dropped):
         assert res["c"] == pytest.approx(5e-5, abs=1e-12) and res["c1"] == pytest.approx(1e-4, abs=1e-12)
 
 
-def test_leakage_and_quality_factor():
+def test_leakage_alpha():
     alpha, alpha_err = leakage_alpha(1e-3, 2e-4, 0.05)
     assert alpha == pytest.approx(0.02) and alpha_err == pytest.approx(0.004)
-    assert quality_factor_q([2e-3], [2e-4]) == pytest.approx(1000.0)
-    assert quality_factor_q(0.0, 0.0) == pytest.approx(1000.0 * np.sqrt(3.0))
-    assert quality_factor_q(1e-2, 0.0) < quality_factor_q(1e-3, 0.0)
     e, r, sign, group = synthetic(20, 0.01, m=0.0, c1=2e-3, c2=0.0)
     res = estimate_bias(e, r, sign, group, 0.01, psf_e1=np.full(len(e), 0.05), rng=0)
     assert res["alpha"] == pytest.approx(2e-3 / 0.05)

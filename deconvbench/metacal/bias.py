@@ -33,8 +33,6 @@ import math
 
 import numpy as np
 
-M_TARGET = 2e-3
-C_TARGET = 2e-4
 
 
 def _pair_ids(group: np.ndarray, sign: np.ndarray) -> np.ndarray:
@@ -188,23 +186,3 @@ def leakage_alpha(c1: float, c1_err: float, psf_e1: float) -> tuple[float, float
     if psf_e1 == 0 or not math.isfinite(psf_e1):
         return math.nan, math.nan
     return c1 / psf_e1, abs(c1_err / psf_e1)
-
-
-def quality_factor_q(
-    m, c, m_target: float = M_TARGET, c_target: float = C_TARGET, sigma_min2: float = 1.0
-) -> float:
-    """GREAT3-style quality factor for constant shear (simplified):
-
-        Q = 1000 · sqrt( (σ²_min + K) / (σ²_min + Σ_i (m_i/m_target)² + Σ_i (c_i/c_target)²) )
-
-    ``m`` and ``c`` are scalars or sequences (e.g. c = (c1, c2)); K = number of m and c
-    terms, so that Q = 1000 exactly when every |m_i| = m_target (2e-3) and
-    |c_i| = c_target (2e-4), as in GREAT3's normalisation (Mandelbaum et al. 2014 use
-    ``Q_c = 2000 η_c / sqrt(σ²_min + Σ(m/m_t)² + (c/c_t)²)`` with an η_c set from
-    simulations; here the normaliser is fixed analytically). An unbiased method scores
-    ``1000·sqrt(1 + K/σ²_min)``; larger is better."""
-    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
-    c = np.atleast_1d(np.asarray(c, dtype=np.float64))
-    k = m.size + c.size
-    denom = sigma_min2 + np.sum((m / m_target) ** 2) + np.sum((c / c_target) ** 2)
-    return float(1000.0 * math.sqrt((sigma_min2 + k) / denom))

@@ -1,0 +1,29 @@
+"""Dataset generation speed (GalSim rendering, noise, HDF5 writing)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from deconvbench.cards import load_card
+from deconvbench.sim.generate import generate
+
+
+class Generate:
+    """Generate the first 256 stamps of a card's test split with one worker."""
+
+    params = ["ground-v1", "space-v1"]
+    param_names = ["card"]
+    number = 1
+    repeat = (1, 3, 60.0)
+    timeout = 600
+
+    def setup(self, card):
+        self.card = load_card(card)
+        self.folder = Path(tempfile.mkdtemp(prefix="deconvbench-asv-gen-"))
+
+    def time_generate_256(self, card):
+        generate(self.card, "test", self.folder / "out.h5", n=256, workers=1)
+
+    def peakmem_generate_256(self, card):
+        generate(self.card, "test", self.folder / "peak.h5", n=256, workers=1)

@@ -1,0 +1,39 @@
+"""The asv benchmark suite imports and is discovered (a broken benchmark fails CI)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_asv_check_discovers_the_benchmarks(tmp_path):
+    asv = shutil.which("asv", path=str(Path(sys.executable).parent)) or shutil.which("asv")
+    if asv is None:
+        pytest.skip("asv is not installed (extra [dev])")
+    proc = subprocess.run([asv, "check", "-E", f"existing:{sys.executable}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No problems found" in proc.stdout
+
+
+def test_benchmark_modules_define_benchmarks():
+    sys.path.insert(0, str(REPO))
+    try:
+        import importlib
+
+        names = []
+        for module in ("bench_generate", "bench_deconvolve", "bench_metacal", "bench_science"):
+            mod = importlib.import_module(f"benchmarks.{module}")
+            for cls in vars(mod).values():
+                if isinstance(cls, type) and cls.__module__ == mod.__name__:
+                    names += [n for n in vars(cls) if n.startswith(("time_", "peakmem_", "track_"))]
+    finally:
+        sys.path.remove(str(REPO))
+    for prefix in ("time_", "peakmem_", "track_"):
+        assert any(n.startswith(prefix) for n in names), prefix
