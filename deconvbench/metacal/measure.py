@@ -51,11 +51,18 @@ class MetacalConfig:
     fixnoise: bool = False
     n_boot: int = 500
     bootstrap_seed: int = 0
+    pad_factor: float = 1.25
+    """Zero padding of the Fourier shear ops (``N ≥ pad_factor·n``). Measured on the
+    smoke-metacal stamps against ``pad_factor=3``: largest difference of any metacal image
+    6e-7 of its peak (noiseless) and 9e-5 (SNR 50, where deconvolved noise fills the stamp
+    edges that wrap around); the mean response R11 agrees to 6 digits. 2.0 is ~2.5x slower."""
 
     def __post_init__(self) -> None:
         get_estimator(self.estimator)  # KeyError with the known names
         if not 0 < self.step < 0.1:
             raise ValueError(f"metacal step must be in (0, 0.1), got {self.step}")
+        if not self.pad_factor >= 1.0:
+            raise ValueError(f"pad_factor must be >= 1, got {self.pad_factor}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +89,8 @@ def measure_batch(method, batch, estimate: np.ndarray | None, config: MetacalCon
     if hasattr(method, "metacal_images"):
         images = method.metacal_images(batch, reconv, config.step)
     else:
-        images = metacal_images(estimate, pixel, batch.target_fwhm_arcsec, reconv, step=config.step, workers=-1)
+        images = metacal_images(estimate, pixel, batch.target_fwhm_arcsec, reconv, step=config.step,
+                                pad_factor=config.pad_factor, workers=-1)
     if config.fixnoise:
         if noise_seed is None:
             raise ValueError("fixnoise needs the stamps' noise seeds")
@@ -96,7 +104,8 @@ def measure_batch(method, batch, estimate: np.ndarray | None, config: MetacalCon
             extra = {k: np.rot90(v, -1, axes=(-2, -1)) for k, v in method.metacal_images(rotated, reconv, config.step).items()}
         else:
             noise_estimate = np.asarray(method.deconvolve(noise_batch), dtype=np.float64)
-            extra = fixnoise_images(noise_estimate, pixel, batch.target_fwhm_arcsec, reconv, step=config.step, workers=-1)
+            extra = fixnoise_images(noise_estimate, pixel, batch.target_fwhm_arcsec, reconv, step=config.step,
+                                    pad_factor=config.pad_factor, workers=-1)
         images = {k: images[k] + extra[k] for k in images}
     estimator = get_estimator(config.estimator)
     results = {mtype: estimator(images[mtype], pixel) for mtype in METACAL_TYPES}
