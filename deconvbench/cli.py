@@ -555,9 +555,11 @@ def demo(
     workers: int = typer.Option(2, "--workers", "-j"),
     out: Path = typer.Option(Path("out/demo"), "--out", help="directory for the result JSONs"),
 ) -> None:
-    """The embedded default job (`make run`): generate the smoke datasets, run every
-    available method on the smoke test split (comparison table) and a short metacal run
-    on the smoke-metacal splits (bias table)."""
+    """The default job of `make run`: every available method on the smoke sets (tables).
+
+    Generates the smoke datasets if needed, runs every available method on the smoke test
+    split (comparison table) and a short metacal run on the smoke-metacal splits (bias table).
+    """
     from .harness import run_method
     from .methods import MethodError, list_methods, load_method
     from .metacal.measure import MetacalConfig
