@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -122,6 +122,26 @@ def flat_to_torch_state(flat: Mapping[str, np.ndarray]) -> dict:
 
 
 # -- .npz files ------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it and
+    ``os.replace`` it onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def save_weights(path: str | os.PathLike, flat: Mapping[str, np.ndarray], config: DeconvNetConfig, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``flat`` + config + metadata to ``path`` atomically (temp file, then
     ``os.replace``), so a reader never sees a half-written file."""
@@ -132,20 +152,7 @@ def save_weights(path: str | os.PathLike, flat: Mapping[str, np.ndarray], config
     arrays = {key: np.asarray(value, dtype=np.float32) for key, value in flat.items()}
     arrays[CONFIG_KEY] = np.array(config.to_json())
     arrays[METADATA_KEY] = np.array(json.dumps(dict(metadata or {}), sort_keys=True, default=_json_default))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
 

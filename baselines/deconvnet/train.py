@@ -29,15 +29,14 @@ import functools
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from .config import DeconvNetConfig
-from .convert import save_weights
+from .convert import atomic_write, save_weights
 from .normalise import denormalise, normalise, normalise_target
 
 FRAMEWORKS = ("jax", "torch")
@@ -93,21 +92,6 @@ def nmse_per_stamp(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 # -- atomic file helpers -----------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # -- backends ----------------------------------------------------------------------------
@@ -170,7 +154,7 @@ class _JaxBackend:
                 "meta": json.dumps(meta),
             }
         )
-        _atomic_write(path, lambda f: f.write(blob))
+        atomic_write(path, lambda f: f.write(blob))
 
     @staticmethod
     def read_meta(path: Path) -> dict:
@@ -227,7 +211,7 @@ class _TorchBackend:
 
     def save(self, path: Path, meta: dict) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "meta": json.dumps(meta)}
-        _atomic_write(path, lambda f: self.torch.save(payload, f))
+        atomic_write(path, lambda f: self.torch.save(payload, f))
 
     @staticmethod
     def read_meta(path: Path) -> dict:
@@ -392,7 +376,7 @@ def train(
             "seed": seed,
         }
         backend.save(last_path, meta)
-        _atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(history, indent=1).encode()))
+        atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(history, indent=1).encode()))
         if progress is not None:
             progress(dict(record))
         if stopped_early:

@@ -20,20 +20,13 @@ from __future__ import annotations
 import galsim
 import numpy as np
 
+from .image import _stack
+
 FLAG_NONFINITE = 1
 FLAG_HSM = 2
 FLAG_BAD_RESULT = 4
 
 DEFAULT_GUESS_SIGMA = 5.0  # pixels, GalSim's default
-
-
-def _stack(images: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(images, dtype=np.float64)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must have shape (B, ny, nx) or (ny, nx), got {np.shape(images)}")
-    return arr
 
 
 def adaptive_moments(images: np.ndarray, guess_sigma=DEFAULT_GUESS_SIGMA) -> dict[str, np.ndarray]:
