@@ -31,13 +31,30 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
 
 
+def _smoke_split(data_root, split: str):
+    """A smoke split at its standard place under ``data_root`` (usable as DECONVBENCH_DATA)."""
+    from deconvbench.cards import load_card
+    from deconvbench.paths import data_dir, dataset_path
+
+    card = load_card("smoke")
+    path = data_root / dataset_path(card, split).relative_to(data_dir())
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generate(card, split, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_test_file(data_root):
-    from deconvbench.cards import load_card
+    return _smoke_split(data_root, "test")
 
-    path = data_root / "smoke-test.h5"
-    generate(load_card("smoke"), "test", path)
-    return path
+
+@pytest.fixture(scope="session")
+def smoke_train_data(data_root):
+    """DECONVBENCH_DATA folder holding the smoke train and val splits."""
+    _smoke_split(data_root, "train")
+    _smoke_split(data_root, "val")
+    return data_root
 
 
 @pytest.fixture(scope="session")
