@@ -126,12 +126,16 @@ def measure_batch(method, batch, estimate: np.ndarray | None, config: MetacalCon
 
 
 def requirement_verdict(stats: dict) -> str:
-    """"yes" / "no" for |m| < 1e-3 and |c| < 1e-4 (central values); "σ too large" where
-    σm or σc exceeds the requirement, so that the test cannot tell; "–" without numbers."""
+    """"yes" / "no" for |m| < 1e-3 and |c| < 1e-4 (central values); "no" also where |m| or
+    |c| exceeds the requirement by more than 3σ; "σ too large" where σm or σc exceeds the
+    requirement otherwise, so that the test cannot tell; "–" without numbers."""
     m, c = stats.get("m"), stats.get("c")
     if m is None or c is None or not (math.isfinite(m) and math.isfinite(c)):
         return "–"
-    if (stats.get("m_err") or 0) > M_REQUIREMENT or (stats.get("c_err") or 0) > C_REQUIREMENT:
+    m_err, c_err = stats.get("m_err") or 0.0, stats.get("c_err") or 0.0
+    if abs(m) > M_REQUIREMENT + 3 * m_err or abs(c) > C_REQUIREMENT + 3 * c_err:
+        return "no"  # fails by more than 3σ
+    if m_err > M_REQUIREMENT or c_err > C_REQUIREMENT:
         return "σ too large"
     return "yes" if abs(m) < M_REQUIREMENT and abs(c) < C_REQUIREMENT else "no"
 
