@@ -6,7 +6,6 @@ one line on stderr with exit status 2; no traceback.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -64,10 +63,6 @@ class RateTracker:
         self.progress.update(self.task, advance=count, rate=f"{rate:,.1f} {self.unit}/s")
 
 
-def fmt_snr(snr: float) -> str:
-    return "noiseless" if math.isinf(snr) else f"{snr:g}"
-
-
 @app.command("list-datasets")
 def list_datasets() -> None:
     """List the dataset cards with their splits."""
@@ -111,6 +106,7 @@ def generate(
 def summarise_generation(report) -> None:
     import numpy as np
 
+    from .metrics.aggregate import snr_labels
     from .store import open_dataset
 
     with open_dataset(report.path) as dataset:
@@ -122,7 +118,8 @@ def summarise_generation(report) -> None:
         ["file", str(report.path)],
         ["card", f"{report.card} v{report.version} / {report.split}"],
         ["stamps", report.n],
-        ["SNR levels", ", ".join(f"{fmt_snr(s)} ({int(np.sum(params['snr_level'] == s))})" for s in levels)],
+        ["SNR levels", ", ".join(f"{label} ({int(np.sum(params['snr_level'] == s))})"
+                                 for s, label in zip(levels, snr_labels(levels)))],
         ["PSF families", ", ".join(f"{f} ({int(np.sum(params['psf_family'] == f.encode()))})" for f in families)],
         ["galaxy profiles", ", ".join(profiles)],
         ["file size", f"{report.file_bytes / 1e6:.2f} MB ({report.file_bytes / 1e6 / report.n * 1000:.1f} MB per 1000 stamps)"],

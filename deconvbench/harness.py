@@ -29,7 +29,7 @@ import numpy as np
 from .errors import DeconvbenchError
 from .methods import Batch, Deconvolver
 from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
-from .metrics.aggregate import aggregate, stamp_metrics
+from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import open_dataset
 
@@ -37,10 +37,6 @@ SCHEMA_VERSION = 1
 
 STATUS_OK, STATUS_RAISED, STATUS_BAD_SHAPE, STATUS_NONFINITE = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_RAISED: "raised", STATUS_BAD_SHAPE: "wrong_shape", STATUS_NONFINITE: "nonfinite"}
-
-
-def snr_label(snr_level: float) -> str:
-    return "noiseless" if math.isinf(snr_level) else f"{snr_level:g}"
 
 
 @dataclass
@@ -271,7 +267,7 @@ def failure_summary(state: RunState) -> dict:
 def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch_size: int,
                  memory: PeakMemory, command: str | None, metacal=None) -> dict:
     groups = {
-        "snr": np.array([snr_label(s) for s in params["snr_level"]]),
+        "snr": snr_labels(params["snr_level"]),
         "psf_family": np.array([f.decode() for f in params["psf_family"]]),
     }
     metrics = aggregate(state.metrics, groups) if state.metrics else {}

@@ -39,26 +39,24 @@ def _require(data: dict, dotted: str) -> Any:
     return node
 
 
-def _walk_strings(node: Any, path: str = ""):
+def _walk(node: Any, keep, path: str = ""):
+    """(dotted path, leaf) for every leaf of a JSON tree for which ``keep(leaf)`` is true."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk_strings(value, f"{path}.{key}" if path else str(key))
+            yield from _walk(value, keep, f"{path}.{key}" if path else str(key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _walk_strings(value, f"{path}[{i}]")
-    elif isinstance(node, str):
+            yield from _walk(value, keep, f"{path}[{i}]")
+    elif keep(node):
         yield path, node
 
 
-def _walk_numbers(node: Any, path: str = ""):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _walk_numbers(value, f"{path}.{key}" if path else str(key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _walk_numbers(value, f"{path}[{i}]")
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        yield path, node
+def _walk_strings(node: Any):
+    return _walk(node, lambda leaf: isinstance(leaf, str))
+
+
+def _walk_numbers(node: Any):
+    return _walk(node, lambda leaf: isinstance(leaf, (int, float)) and not isinstance(leaf, bool))
 
 
 # free-text fields that end up in the leaderboard (or could be shown there)

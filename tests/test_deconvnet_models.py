@@ -72,18 +72,7 @@ def _assert_close(a, b):
     assert diff <= 1e-5 * scale, f"max abs diff {diff} (output scale {scale})"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and much faster on a busy machine)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- config ---------------------------------------------------------------------------------

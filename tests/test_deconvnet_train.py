@@ -68,18 +68,7 @@ def _losses(result):
     return [(h["epoch"], h["train_loss"], h["val_nmse"]) for h in result["history"]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and much faster on a busy machine)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- augmentation -----------------------------------------------------------------------------

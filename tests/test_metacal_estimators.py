@@ -16,13 +16,9 @@ from deconvbench.metacal.estimators import (
 )
 from deconvbench.metacal.psf_fit import fit_gaussian_fwhm, reconv_fwhm
 
-PIXEL = 0.2
+from .galsim_draw import PIXEL, draw
+
 FWHM_PER_SIGMA = 2.3548200450309493
-
-
-def draw(profile: galsim.GSObject, n: int, method: str = "auto") -> np.ndarray:
-    image = profile.drawImage(nx=n, ny=n, scale=PIXEL, method=method, use_true_center=False)
-    return image.array.astype(np.float64)
 
 
 @pytest.mark.parametrize("n", [48, 53])

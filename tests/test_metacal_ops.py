@@ -22,14 +22,9 @@ from deconvbench.metacal.shear_ops import (
     shear_matrix,
 )
 
-PIXEL = 0.2
+from .galsim_draw import PIXEL, draw
+
 TARGET = 0.5
-
-
-def draw(profile: galsim.GSObject, n: int, method: str = "auto") -> np.ndarray:
-    """Draw centred on pixel (n//2, n//2) (GalSim's nominal centre)."""
-    image = profile.drawImage(nx=n, ny=n, scale=PIXEL, method=method, use_true_center=False)
-    return image.array.astype(np.float64)
 
 
 def peak_error(a: np.ndarray, ref: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, asdict
 
 import numpy as np
 
+from ..metrics.aggregate import snr_labels
 from .bias import estimate_bias
 from .estimators import get_estimator, response
 from .psf_fit import reconv_fwhm
@@ -140,10 +141,6 @@ def requirement_verdict(stats: dict) -> str:
     return "yes" if abs(m) < M_REQUIREMENT and abs(c) < C_REQUIREMENT else "no"
 
 
-def _label(snr_level: float) -> str:
-    return "noiseless" if math.isinf(snr_level) else f"{snr_level:g}"
-
-
 def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.ndarray,
               config: MetacalConfig) -> dict:
     """The ``metacal`` block of a result: bias overall and per SNR level.
@@ -183,7 +180,8 @@ def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.nd
     block = {**config.to_dict(), "g_true": g_true, "m_floor_estimator": 0.9 * g_true**2,
              "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT}, "leakage_variant": leakage,
              "overall": stats(np.ones(len(params), dtype=bool))}
-    block["by_snr"] = {_label(level): stats(levels == level) for level in np.unique(levels)}
+    labels = snr_labels(levels)
+    block["by_snr"] = {label: stats(labels == label) for label in dict.fromkeys(labels[np.argsort(levels)])}
     for key in ("m", "m_err", "c", "c_err", "c1", "c1_err", "alpha", "alpha_err", "R11", "R22", "n_pairs"):
         block[key] = block["overall"].get(key)
     return block
