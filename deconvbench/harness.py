@@ -10,13 +10,19 @@ with the first error message.
 After every batch the per-stamp state is checkpointed atomically next to the result
 (``RESULT.partial.npz``); ``resume=True`` continues a killed run from its last completed
 batch, provided method, parameters, dataset checksum and batch size are unchanged.
+
+The file's content checksum is recomputed while the batches stream (every dataset of the
+file is read once, no second pass); the result records the verified value
+(``dataset.checksum``), the value stored in the file (``dataset.checksum_recorded``) and
+whether they agree (``dataset.checksum_verified``), so an edited file cannot pass for the
+published data. Throughput counts only stamps that produced an estimate.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,12 +32,13 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
-from .errors import DeconvbenchError
+from .atomic import atomic_write, check_writable, write_json_atomic
+from .errors import DataError, OutputError, UsageError
 from .methods import Batch, Deconvolver
 from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
-from .store import open_dataset
+from .store import CONTENT_KEYS, ContentHasher, open_dataset
 
 SCHEMA_VERSION = 1
 
@@ -54,28 +61,30 @@ class RunState:
     metacal_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, status=self.status, **{f"m_{k}": v for k, v in self.metrics.items()},
-                     **{f"c_{k}": v for k, v in self.mcal.items()},
-                     meta=np.array(json.dumps({"next_index": self.next_index, "deconv_seconds": self.deconv_seconds,
-                                                "metacal_seconds": self.metacal_seconds,
-                                                "errors": self.errors, "identity": self.identity})))
-        os.replace(tmp, path)
+        meta = {"next_index": self.next_index, "deconv_seconds": self.deconv_seconds,
+                "metacal_seconds": self.metacal_seconds, "errors": self.errors, "identity": self.identity}
+        arrays = {"status": self.status, **{f"m_{k}": v for k, v in self.metrics.items()},
+                  **{f"c_{k}": v for k, v in self.mcal.items()}, "meta": np.array(json.dumps(meta))}
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
-    def load(cls, path: Path) -> "RunState":
-        with np.load(path) as data:
-            meta = json.loads(str(data["meta"]))
-            metrics = {k[2:]: data[k] for k in data.files if k.startswith("m_")}
-            mcal = {k[2:]: data[k] for k in data.files if k.startswith("c_")}
-            status = data["status"]
-        state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal)
-        state.metacal_seconds = meta.get("metacal_seconds", 0.0)
-        state.next_index = meta["next_index"]
-        state.deconv_seconds = meta["deconv_seconds"]
-        state.errors = meta["errors"]
-        state.identity = meta["identity"]
+    def load(cls, path: Path) -> RunState:
+        """Read a checkpoint; a corrupt or foreign file is a :class:`DataError`."""
+        try:
+            with np.load(path) as data:
+                meta = json.loads(str(data["meta"]))
+                metrics = {k[2:]: data[k] for k in data.files if k.startswith("m_")}
+                mcal = {k[2:]: data[k] for k in data.files if k.startswith("c_")}
+                status = data["status"]
+            state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal)
+            state.metacal_seconds = meta.get("metacal_seconds", 0.0)
+            state.next_index = int(meta["next_index"])
+            state.deconv_seconds = float(meta["deconv_seconds"])
+            state.errors = list(meta["errors"])
+            state.identity = meta["identity"]
+        except Exception as exc:  # zip, pickle, JSON or key errors: all mean "not a usable checkpoint"
+            raise DataError(f"cannot resume from {path}: corrupt checkpoint ({type(exc).__name__}); "
+                            "remove it to start afresh") from None
         return state
 
 
@@ -98,24 +107,91 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class RunPlan:
+    """One (dataset file, method) run and where its outputs go."""
+
+    data: Path
+    method: str
+    tag: str  # CARD-vV_SPLIT
+    n: int
+    result: Path
+    outputs: Path | None
+
+
+def _option_suffix(options: dict) -> str:
+    """``_key=value-...`` for method options (a short hash when long or unusual)."""
+    if not options:
+        return ""
+    text = "-".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(options.items())).replace('"', "")
+    if len(text) <= 40 and all(ch.isalnum() or ch in "=.+-_" for ch in text):
+        return f"_{text}"
+    return "_opt" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def result_stem(method: str, tag: str, n: int, full_n: int, options: dict | None = None,
+                metacal: MetacalConfig | None = None) -> str:
+    """File name stem of a run: method, card/split, then every choice that changes the
+    numbers (prefix of n stamps, method options, metacal estimator and fixnoise), so
+    different runs never overwrite each other."""
+    stem = f"{method}_{tag}"
+    if n != full_n:
+        stem += f"_n{n}"
+    stem += _option_suffix(options or {})
+    if metacal is not None:
+        if metacal.estimator != "wmom":
+            stem += f"_{metacal.estimator}"
+        if metacal.fixnoise:
+            stem += "_fixnoise"
+    return stem
+
+
+def plan_outputs(files: list[Path], methods: list[str], options: dict[str, dict], out: Path | None,
+                 save_outputs: Path | None, metacal: MetacalConfig | None = None) -> list[RunPlan]:
+    """Result and estimate paths of every run, checked before any work starts.
+
+    One run: ``out`` is the result file (default ``out/STEM.json``). Several runs: ``out``
+    is a folder holding ``STEM.json`` per run. Raises :class:`OutputError` for an output
+    that cannot be written (read-only folder, a directory where a file is expected) and
+    :class:`UsageError` when two runs would write the same file."""
+    plans = []
+    several = len(files) * len(methods) > 1
+    for path in files:
+        with open_dataset(path) as dataset:
+            attrs, n = dataset.attrs, dataset.n
+            full_n = int(dataset.card.get("splits", {}).get(attrs["split"], {}).get("n", n))
+        tag = f"{attrs['card_name']}-v{attrs['card_version']}_{attrs['split']}"
+        for name in methods:
+            stem = result_stem(name, tag, n, full_n, options.get(name), metacal)
+            if out is None:
+                result = Path("out") / f"{stem}.json"
+            else:
+                result = out / f"{stem}.json" if several else out
+            outputs = None
+            if save_outputs is not None:
+                outputs = save_outputs / f"{stem}.h5" if several else save_outputs
+            plans.append(RunPlan(Path(path), name, tag, n, result, outputs))
+    targets = [p.result for p in plans] + [p.outputs for p in plans if p.outputs is not None]
+    if len(set(targets)) != len(targets):
+        raise UsageError("two runs would write the same output file; give --out a folder")
+    for plan in plans:
+        check_writable(plan.result, "result file")
+        if plan.outputs is not None:
+            check_writable(plan.outputs, "--save-outputs file")
+    return plans
 
 
 class OutputWriter:
     """Estimates written to HDF5 (``estimate`` (N,n,n) f4 + provenance), atomically."""
 
     def __init__(self, path: Path, n: int, stamp_size: int, attrs: dict, resume: bool):
-        self.path = Path(path)
+        self.path = check_writable(path, "--save-outputs file")
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.partial.exists():
-            self._file = h5py.File(self.partial, "a")
-        else:
-            self._file = h5py.File(self.partial, "w")
+        try:
+            self._file = h5py.File(self.partial, "a" if resume and self.partial.exists() else "w")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.partial}: {exc}") from None
+        if "estimate" not in self._file:
             self._file.create_dataset("estimate", shape=(n, stamp_size, stamp_size), dtype="<f4",
                                       chunks=(min(64, n), stamp_size, stamp_size), compression="gzip", shuffle=True)
             for key, value in attrs.items():
@@ -129,7 +205,7 @@ class OutputWriter:
 
     def close(self) -> None:
         self._file.close()
-        os.replace(self.partial, self.path)
+        self.partial.replace(self.path)
 
 
 def run_method(
@@ -150,14 +226,15 @@ def run_method(
     ``metacal`` block (bias m, c, α with bootstrap errors, overall and per SNR level) and
     ``throughput.metacal_gal_per_s``."""
     if batch_size < 1:
-        raise DeconvbenchError(f"--batch-size must be >= 1, got {batch_size}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    out = check_writable(out, "result file")
     ckpt = checkpoint_path(out)
     with open_dataset(data_path) as dataset:
         attrs = dataset.attrs
         n, size = dataset.n, dataset.stamp_size
-        params = dataset.params()
+        params = _read(dataset, "params", 0, None)
+        hasher = ContentHasher()
+        hasher.update("params", params)
         method_params = method.params()
         identity = {"method": method.name, "params": method_params, "checksum": dataset.checksum,
                     "batch_size": batch_size, "n": n, "metacal": metacal.to_dict() if metacal else None}
@@ -166,7 +243,7 @@ def run_method(
         if resume and ckpt.exists():
             state = RunState.load(ckpt)
             if state.identity != identity:
-                raise DeconvbenchError(f"cannot resume from {ckpt}: it belongs to a different run "
+                raise DataError(f"cannot resume from {ckpt}: it belongs to a different run "
                                        "(method, parameters, dataset or batch size changed); remove it")
         if state is None:
             state = RunState(n=n, status=np.zeros(n, dtype=np.int8), identity=identity)
@@ -176,11 +253,16 @@ def run_method(
                                   {"method": method.name, "dataset_checksum": dataset.checksum,
                                    "card_name": attrs["card_name"], "split": attrs["split"]},
                                   resume=resume and state.next_index > 0)
-        if progress and state.next_index:
-            progress(state.next_index)
+        if state.next_index:
+            for _, arrays in _stream(dataset, batch_size, 0, state.next_index):  # resumed: hash the done part
+                for key in STREAMED_KEYS:
+                    hasher.update(key, arrays[key])
+            if progress:
+                progress(state.next_index)
         with PeakMemory() as memory:
-            for start, arrays in dataset.iter_batches(batch_size, start=state.next_index,
-                                                      keys=("observed", "psf", "noise_sigma", "truth")):
+            for start, arrays in _stream(dataset, batch_size, state.next_index, n):
+                for key in STREAMED_KEYS:
+                    hasher.update(key, arrays[key])
                 if metacal and not state.mcal:
                     state.mcal = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
                 truth = arrays["truth"].astype(np.float64)
@@ -217,10 +299,30 @@ def run_method(
                     progress(count)
         if writer:
             writer.close()
+    attrs = {**attrs, "checksum_recorded": attrs["checksum"], "checksum": hasher.hexdigest()}
     result = build_result(method, attrs, params, state, batch_size, memory, command, metacal)
-    write_json_atomic(out, result)
+    write_json_atomic(out, _json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result
+
+
+STREAMED_KEYS = tuple(key for key in CONTENT_KEYS if key != "params")
+
+
+def _read(dataset, key: str, start: int, stop: int | None) -> np.ndarray:
+    """``dataset.read`` with a corrupt chunk reported as :class:`DataError` (one line)."""
+    try:
+        return dataset.read(key, start, stop)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DataError(f"{dataset.path}: corrupt or unreadable data in '{key}' at stamps {start}..{stop}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _stream(dataset, batch_size: int, start: int, stop: int):
+    """(start, {key: array}) for every content dataset but ``params``, in index order."""
+    for lo in range(start, stop, batch_size):
+        hi = min(lo + batch_size, stop)
+        yield lo, {key: _read(dataset, key, lo, hi) for key in STREAMED_KEYS}
 
 
 def _measure_metacal(method, batch: Batch, estimate: np.ndarray, config, noise_seed, state: RunState,
@@ -274,7 +376,7 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
     ok = int(np.sum(state.status == STATUS_OK))
     seconds = state.deconv_seconds
     versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
-    throughput = {"deconv_gal_per_s": state.n / seconds if seconds > 0 else None,
+    throughput = {"deconv_gal_per_s": ok / seconds if seconds > 0 and ok else None,
                   "deconv_seconds": seconds, "batch_size": batch_size,
                   "device": getattr(method, "device", "cpu"), "stamps_ok": ok}
     result = {
@@ -282,7 +384,9 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
         "method": {"name": method.name, "params": method.params(), "device": getattr(method, "device", "cpu"),
                    "version": getattr(method, "version", versions["deconvbench"])},
         "dataset": {"card": attrs["card_name"], "version": attrs["card_version"], "split": attrs["split"],
-                    "n": int(attrs["n"]), "checksum": attrs["checksum"], "card_hash": attrs["card_hash"]},
+                    "n": int(attrs["n"]), "checksum": attrs["checksum"], "card_hash": attrs["card_hash"],
+                    "checksum_recorded": attrs.get("checksum_recorded", attrs["checksum"]),
+                    "checksum_verified": attrs.get("checksum_recorded", attrs["checksum"]) == attrs["checksum"]},
         "versions": versions,
         "git_commit": git_commit(),
         "hardware": hardware(getattr(method, "device", "cpu")),
@@ -301,5 +405,5 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
         own_route = hasattr(method, "metacal_images")
         total = state.metacal_seconds + (0.0 if own_route else seconds)
         throughput["metacal_seconds"] = total
-        throughput["metacal_gal_per_s"] = state.n / total if total > 0 else None
+        throughput["metacal_gal_per_s"] = ok / total if total > 0 and ok else None
     return result

@@ -12,22 +12,39 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
+from .atomic import atomic_write
 from .cards import expected_checksum, load_card
 from .errors import CardError, DeconvbenchError
 from .harness import SCHEMA_VERSION
 from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT, requirement_verdict
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MARKUP_RE = re.compile(r"[<>|`\[\]\n\r\\*]|https?:|javascript:", re.IGNORECASE)
 
 
-class SubmissionError(DeconvbenchError):
+class SubmissionError(DeconvbenchError, ValueError):
     """A result file that may not enter results/."""
+
+
+def default_results_dir() -> Path:
+    """``results/`` at the top of the source checkout."""
+    return Path(__file__).resolve().parent.parent / "results"
+
+
+def default_leaderboard_path() -> Path:
+    """``leaderboard.md`` at the top of the source checkout."""
+    return Path(__file__).resolve().parent.parent / "leaderboard.md"
+
+
+def stamps_failed(data: dict) -> int:
+    """Stamps of a result that produced no usable estimate (raised, wrong shape, non-finite)."""
+    value = (data.get("failures") or {}).get("stamps_failed", 0)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _require(data: dict, dotted: str) -> Any:
@@ -64,12 +81,24 @@ DISPLAYED_TEXT = ("method.name", "method.version", "method.device", "hardware.cp
                   "hardware.machine", "versions", "timestamp", "dataset.card", "dataset.split", "git_commit")
 
 
-def validate_result(data: Any) -> None:
-    """Raise :class:`SubmissionError` naming the first problem; return None if valid."""
+def validate_result(data: Any, allow_failures: bool = False) -> None:
+    """Raise :class:`SubmissionError` naming the first problem; return None if valid.
+
+    A result in which every stamp failed is always rejected; one with some failed stamps
+    only with ``allow_failures`` (the leaderboard then shows the count)."""
     if not isinstance(data, dict):
         raise SubmissionError("a result must be a JSON object")
     if _require(data, "schema_version") != SCHEMA_VERSION:
         raise SubmissionError(f"schema_version must be {SCHEMA_VERSION}")
+    failed, total = stamps_failed(data), _require(data, "dataset.n")
+    first = (data.get("failures") or {}).get("first_error")
+    if isinstance(total, int) and failed >= total > 0:
+        raise SubmissionError(f"every stamp failed ({failed} of {total}; first error: {first})")
+    if failed and not allow_failures:
+        raise SubmissionError(f"{failed} of {total} stamps failed (first error: {first}); fix the method, or "
+                              "submit with --allow-failures to show the result with its failure count")
+    if data.get("dataset", {}).get("checksum_verified") is False:
+        raise SubmissionError("the data file's content did not match its recorded checksum during the run")
     name = _require(data, "method.name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SubmissionError(f"method.name {name!r} must match {NAME_RE.pattern}")
@@ -135,26 +164,31 @@ def _variant(data: dict) -> str:
 
 def canonical_name(data: dict) -> str:
     ds = data["dataset"]
-    return f"{ds['card']}-v{ds['version']}_{ds['split']}_{data['method']['name']}{_variant(data)}.json"
+    prefix = ""
+    try:
+        if ds["n"] != load_card(ds["card"]).split(ds["split"]).n:
+            prefix = f"_n{ds['n']}"
+    except DeconvbenchError:
+        pass
+    return f"{ds['card']}-v{ds['version']}_{ds['split']}{prefix}_{data['method']['name']}{_variant(data)}.json"
 
 
-def submit(path: str | Path, results_dir: str | Path, replace: bool = False) -> Path:
+def submit(path: str | Path, results_dir: str | Path, replace: bool = False,
+           allow_failures: bool = False) -> Path:
     """Validate ``path`` and copy it into ``results_dir`` under its canonical name."""
     path, results_dir = Path(path), Path(results_dir)
     try:
         data = json.loads(Path(path).read_text(), parse_constant=lambda c: float(c))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise SubmissionError(f"no such file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SubmissionError(f"{path} is not valid JSON: {exc}") from None
-    validate_result(data)
+    validate_result(data, allow_failures=allow_failures)
     target = results_dir / canonical_name(data)
     if target.exists() and not replace:
         raise SubmissionError(f"{target} exists (use --replace to supersede it)")
-    results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(target)
+    content = path.read_bytes()
+    atomic_write(target, lambda handle: handle.write(content))
     return target
 
 
@@ -203,7 +237,8 @@ def render_leaderboard(results_dir: str | Path) -> str:
         "\"no\" also where a bias exceeds it by more than 3σ; \"σ too large\" where σm or σc exceeds the "
         "requirement otherwise, so the test cannot tell). "
         "Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²). NMSE, SSIM: means over stamps; |Δe|: mean adaptive-moment "
-        "ellipticity error.",
+        "ellipticity error. failures: stamps for which the method raised, returned the wrong shape or non-finite "
+        "values (excluded from every average).",
         "",
     ]
     for (card, version, split), rows in sorted(by_dataset.items()):
@@ -226,6 +261,7 @@ def render_leaderboard(results_dir: str | Path) -> str:
                 "mcal/s": thr.get("metacal_gal_per_s"),
                 "deconv/s": thr.get("deconv_gal_per_s"),
                 "mem": r.get("peak_memory_mb"),
+                "failures": stamps_failed(r),
                 "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40] + f" ({r['hardware'].get('device')})",
                 "version": r["method"].get("version"),
                 "date": (r.get("timestamp") or "")[:10],
@@ -242,13 +278,14 @@ def render_leaderboard(results_dir: str | Path) -> str:
             if has_metacal:
                 entry += [_pm(row["m"], row["m_err"], ".1e"), _pm(row["c"], row["c_err"], ".1e"),
                           _pm(row["alpha"], row["alpha_err"], ".1e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
-            entry += [_num(row["deconv/s"], ",.0f"), _num(row["mem"], ",.0f"), row["hardware"], row["version"],
+            entry += [_num(row["deconv/s"], ",.0f"), str(row["failures"]), _num(row["mem"], ",.0f"), row["hardware"],
+                      row["version"],
                       row["date"], f"`{row['file']}`"]
             out.append(entry)
         headers = ["method", "NMSE", "SSIM", "\\|Δe\\|"]
         if has_metacal:
             headers += ["m ± σm", "c ± σc", "α", "req", "Q", "metacal gal/s"]
-        headers += ["deconv stamps/s", "peak MB", "hardware", "version", "date", "result file"]
+        headers += ["deconv stamps/s", "failures", "peak MB", "hardware", "version", "date", "result file"]
         lines += [tabulate(out, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if not by_dataset:
         lines += ["No results yet.", ""]

@@ -183,3 +183,46 @@ def load_method(name: str, **options: Any) -> Deconvolver:
         except AttributeError:
             pass
     return method
+
+
+def method_options(name: str) -> dict[str, Any]:
+    """Keyword options of a method's constructor with their defaults (``list-methods --options``).
+
+    Options without a default are shown as ``"(required)"``; a method that cannot be
+    loaded has none."""
+    import inspect
+
+    try:
+        factory = get_factory(name)
+        signature = inspect.signature(factory)
+    except (MethodError, TypeError, ValueError):
+        return {}
+    options = {}
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = parameter.default
+        options[parameter.name] = "(required)" if default is parameter.empty else default
+    return options
+
+
+def load_available_methods(notify: Callable[[str], None] = print) -> dict[str, Deconvolver]:
+    """Every available method once, by name (an alias such as ``deconvnet`` = ``deconvnet-jax``,
+    the same entry point under two names, is loaded under its longest name only)."""
+    infos = sorted(list_methods(), key=lambda info: (info.source, -len(info.name)))
+    names, seen = [], set()
+    for info in infos:
+        if info.source in seen:
+            continue
+        seen.add(info.source)
+        if info.available:
+            names.append(info.name)
+        else:
+            notify(f"skipping {info.name}: {info.reason}")
+    methods = {}
+    for name in sorted(names):
+        try:
+            methods[name] = load_method(name)
+        except MethodError as exc:
+            notify(f"skipping {name}: {exc}")
+    return methods

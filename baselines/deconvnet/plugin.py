@@ -82,6 +82,13 @@ class _DeconvNetBase:
         except ValueError as exc:
             raise MethodError(f"DeconvNet weights {path} do not fit their config: {exc}") from exc
 
+    @classmethod
+    def train(cls, request, progress, notify) -> str:
+        """Train this framework's DeconvNet (``deconvbench train``); see :mod:`.fit`."""
+        from .fit import train_deconvnet
+
+        return train_deconvnet(cls.framework, request, progress, notify)
+
     # framework hooks ------------------------------------------------------------
     def _build(self, flat: dict[str, np.ndarray]) -> None:
         raise NotImplementedError

@@ -1,0 +1,113 @@
+"""``deconvbench train`` for DeconvNet: data, training driver, validation, model card.
+
+Reached through the method registry (``DeconvNetJax.train`` / ``DeconvNetTorch.train``):
+resolves (and, if missing, generates only the needed stamps of) the card's train and val
+splits, streams them through :mod:`deconvbench.streaming`, runs :func:`.train.train`, then
+evaluates the best epoch through the same harness as every method and writes
+``OUT/model_card.json`` atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from deconvbench.atomic import write_json_atomic
+from deconvbench.dataset_files import ensure_dataset
+from deconvbench.errors import UsageError
+from deconvbench.training import TrainingRequest
+
+
+def _validation_block(val_result: dict) -> dict:
+    metrics = val_result["metrics"]
+    return {
+        "split": "val", "n": val_result["dataset"]["n"], "checksum": val_result["dataset"]["checksum"],
+        "nmse_mean": metrics["overall"]["nmse"]["mean"], "nmse_median": metrics["overall"]["nmse"]["median"],
+        "e_err_mean": metrics["overall"]["e_err"]["mean"],
+        "by_snr": {label: {"nmse_mean": block["nmse"]["mean"], "nmse_median": block["nmse"]["median"],
+                           "e_err_mean": block["e_err"]["mean"]}
+                   for label, block in metrics["by_snr"].items()},
+    }
+
+
+def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable,
+                    notify: Callable[[str], None]) -> str:
+    """Train DeconvNet in ``framework`` ("jax" or "torch") as ``request`` says.
+
+    Writes OUT/best.npz (best-on-validation weights, loadable by both frameworks),
+    OUT/last.* (resumable checkpoint), OUT/history.json, OUT/val_result.json and
+    OUT/model_card.json. Returns a one-line summary."""
+    from deconvbench.harness import run_method
+    from deconvbench.methods import load_method
+    from deconvbench.runinfo import hardware, package_versions
+    from deconvbench.store import open_dataset
+    from deconvbench.streaming import sequential_batches, shuffled_batches
+
+    from .config import DeconvNetConfig
+    from .train import train as run_training
+
+    try:
+        __import__(framework)
+    except ImportError:
+        raise UsageError(f"training in {framework} needs extra [{framework}] "
+                         f"(pip install 'deconvbench[{framework}]')") from None
+    if request.threads is not None and framework == "torch":
+        import torch
+
+        torch.set_num_threads(max(1, request.threads))
+    unknown = set(request.model_options) - set(DeconvNetConfig.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"unknown DeconvNet config option(s): {', '.join(sorted(unknown))}")
+    try:
+        config = DeconvNetConfig(**request.model_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad DeconvNet config: {exc}") from None
+    train_path, _ = ensure_dataset(request.dataset, "train", n=request.n_train, workers=request.workers,
+                                   progress=progress, notify=notify)
+    val_path, _ = ensure_dataset(request.dataset, "val", n=request.n_val, workers=request.workers,
+                                 progress=progress, notify=notify)
+    with open_dataset(train_path) as ds:
+        geometry = {"pixel_scale_arcsec": ds.pixel_scale_arcsec, "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
+                    "stamp_size": ds.stamp_size, "dataset": request.dataset, "train_checksum": ds.checksum,
+                    "n_train": ds.n}
+    n_epoch = geometry["n_train"]
+
+    def train_batches(epoch: int):
+        return shuffled_batches(train_path, request.batch_size, request.seed, epoch)
+
+    def val_batches():
+        return sequential_batches(val_path, 256)
+
+    with progress(f"train {framework} (epochs)", request.epochs) as advance:
+
+        def report(record: dict) -> None:
+            advance(1)
+            notify(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
+                   f"val NMSE {record['val_nmse']:.4g}{' (best)' if record['best'] else ''}, "
+                   f"{n_epoch / record['time_s']:.1f} stamps/s")
+
+        try:
+            summary = run_training(framework, config, train_batches, val_batches, epochs=request.epochs,
+                                   lr=request.lr, seed=request.seed, out_dir=request.out, resume=request.resume,
+                                   patience=request.patience, augment=request.augment, progress=report,
+                                   metadata={**geometry, "command": request.command})
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    validation = None
+    if summary["best_path"]:
+        notify("evaluating the best epoch on the validation split")
+        val_result = run_method(load_method(f"deconvnet-{framework}", weights=summary["best_path"]), val_path,
+                                request.out / "val_result.json", command=request.command)
+        validation = _validation_block(val_result)
+    card = {
+        "model": "DeconvNet", "framework_trained": framework, "config": config.to_dict(), "validation": validation,
+        "command": request.command, "dataset": geometry, "epochs_completed": summary["epochs_completed"],
+        "best_epoch": summary["best_epoch"], "best_val_nmse": summary["best_val_nmse"],
+        "stopped_early": summary["stopped_early"],
+        # summed over epochs, so that a run resumed over several sessions reports its whole time
+        "wall_time_s": sum(record["time_s"] for record in summary["history"]),
+        "batch_size": request.batch_size, "lr": request.lr, "seed": request.seed, "augment": request.augment,
+        "hardware": hardware(), "versions": package_versions((framework,)),
+        "history": summary["history"],
+    }
+    write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)
+    return f"best epoch {summary['best_epoch']}: val NMSE {summary['best_val_nmse']}; weights {summary['best_path']}"

@@ -1,0 +1,79 @@
+"""The ``deconvbench`` command line: parses arguments, calls the library, prints.
+
+One module per command (``generate``, ``verify``, ``run``, ``submit``, ``leaderboard``,
+``train``, ``demo``, ``listing``); shared helpers in ``_common``. Every user error
+(bad card, missing file, unknown method, corrupt data, unwritable output) is printed as
+one line on stderr with exit status 2; an interruption (Ctrl-C, SIGTERM) prints one line
+and exits 130; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import typer
+from rich.markup import escape
+
+from .. import __version__
+from ..errors import DeconvbenchError
+from ._common import err_console
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Benchmark and dataset suite for PSF deconvolution of galaxy images (weak lensing).",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"deconvbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """Benchmark and dataset suite for PSF deconvolution of galaxy images (weak lensing)."""
+
+
+from . import demo, generate, leaderboard, listing, run, submit, train, verify  # noqa: E402,F401  (registers)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    err_console.print("interrupted: stopped before completion (nothing written under the final name; "
+                      "`run --resume` continues a run)", highlight=False)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; never returns (exits with the command's status)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        status = app(args=argv, standalone_mode=False)  # typer turns Ctrl-C into the return value 130
+    except DeconvbenchError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except (KeyboardInterrupt, typer.Abort):
+        _interrupted()
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage errors of the CLI framework
+            err_console.print(f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        raise  # anything else is a bug: traceback
+    if status == EXIT_INTERRUPTED:
+        _interrupted()
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,0 +1,86 @@
+"""Shared pieces of the commands: consoles, progress bars, option parsing, messages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import UsageError
+
+err_console = Console(stderr=True)
+
+
+def note(message: str) -> None:
+    """One plain line on stderr (no markup interpretation)."""
+    err_console.print(escape(message), highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def command_line() -> str:
+    """The command as typed (recorded in result files)."""
+    return "deconvbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """A rich progress bar on stderr (shown on a terminal or with DECONVBENCH_PROGRESS=1)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=not err_console.is_terminal and os.environ.get("DECONVBENCH_PROGRESS") != "1",
+    )
+
+
+class RateTracker:
+    """Feeds a rich progress task with a rate (``unit``/s)."""
+
+    def __init__(self, progress: Progress, task, unit: str = "stamps"):
+        self.progress, self.task, self.unit = progress, task, unit
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, advance=count, rate=f"{rate:,.1f} {self.unit}/s")
+
+
+@contextlib.contextmanager
+def progress_task(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar with one task; yields the callable that advances it by a count."""
+    with progress_bar() as progress:
+        task = progress.add_task(description, total=total, rate="")
+        yield RateTracker(progress, task)
+
+
+def parse_options(options: list[str]) -> dict[str, dict]:
+    """``METHOD.key=value`` → {METHOD: {key: value}} (values parsed as JSON when possible)."""
+    parsed: dict[str, dict] = {}
+    for item in options:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UsageError(f"--option expects METHOD.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        method, name = key.split(".", 1)
+        try:
+            parsed.setdefault(method, {})[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed.setdefault(method, {})[name] = value
+    return parsed

@@ -1,0 +1,41 @@
+"""``deconvbench generate``: one split of a card into one HDF5 file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from ._common import progress_task
+
+
+@app.command()
+def generate(
+    card: str = typer.Argument(..., help="card name (see list-datasets) or path to a card TOML"),
+    split: str = typer.Option(..., "--split", "-s", help="split to generate (e.g. train, val, test)"),
+    n: Optional[int] = typer.Option(None, "--n", help="generate only the first N stamps of the split"),
+    workers: int = typer.Option(1, "--workers", "-j", help="worker processes (output is identical for any value)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output HDF5 file (default: data dir, see README)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Generate a dataset split from a card into one HDF5 file (atomic, checksummed)."""
+    from ..atomic import check_writable
+    from ..dataset_files import check_n, load_run_card
+    from ..errors import OutputError
+    from ..paths import dataset_path
+    from ..sim.generate import generate as run_generate
+    from ..store import open_dataset
+    from ..tables import generation_table
+
+    dataset_card = load_run_card(card)
+    total = check_n(dataset_card, split, n)
+    path = out or dataset_path(dataset_card, split, n)
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists (use --force to overwrite, or `deconvbench verify` to check it)")
+    check_writable(path, "dataset file")
+    with progress_task(f"{dataset_card.name}/{split}", total) as advance:
+        report = run_generate(dataset_card, split, path, n=n, workers=workers, progress=advance)
+    with open_dataset(report.path) as dataset:
+        print(generation_table(report, dataset.params()))

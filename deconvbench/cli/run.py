@@ -1,0 +1,91 @@
+"""``deconvbench run``: one or more methods over dataset files; comparison and metacal tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from ._common import command_line, note, parse_options, progress_task, warn
+
+
+@app.command()
+def run(
+    method: list[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset HDF5 file"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing); "
+                                          "with --metacal default metacal-v1"),
+    split: Optional[str] = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
+    n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of each split"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    out: Optional[Path] = typer.Option(None, "--out", help="result JSON (one run) or directory (several runs); "
+                                       "default out/"),
+    save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="write estimates to this HDF5 file "
+                                                "(a directory when several runs)"),
+    option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
+    strict: bool = typer.Option(False, "--strict", help="exit non-zero if any stamp failed or the data file's "
+                                "content differs from its recorded checksum"),
+    metacal: bool = typer.Option(False, "--metacal", help="also run metacalibration: shear bias m, c, alpha and "
+                                 "metacal throughput (needs a constant-shear card, e.g. metacal-v1)"),
+    estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
+    fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
+    workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
+) -> None:
+    """Run one or more deconvolvers over a dataset and print the comparison table."""
+    from ..dataset_files import resolve_run_files
+    from ..errors import DeconvbenchError, UsageError
+    from ..harness import plan_outputs, run_method
+    from ..methods import load_method
+    from ..tables import comparison_table, metacal_table
+
+    options = parse_options(option)
+    unknown = set(options) - set(method)
+    if unknown:
+        raise UsageError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
+    mcal_config = None
+    if metacal:
+        from ..metacal.measure import MetacalConfig
+
+        try:
+            mcal_config = MetacalConfig(estimator=estimator, fixnoise=fixnoise)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(str(exc).strip("\"'")) from None
+    elif fixnoise or estimator != "wmom":
+        raise UsageError("--estimator and --fixnoise apply to --metacal runs only")
+    if n is not None and n < 1:
+        raise UsageError(f"--n must be >= 1, got {n}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    files = [path for path, _ in resolve_run_files(data, dataset, split, n, workers, metacal,
+                                                    progress=progress_task, notify=note)]
+    plans = plan_outputs(files, method, options, out, save_outputs, mcal_config)  # checks every output first
+    command = command_line()
+    instances: dict = {}
+    results = []
+    for plan in plans:
+        if plan.method not in instances:
+            instances[plan.method] = load_method(plan.method, **options.get(plan.method, {}))
+        with progress_task(f"{plan.method} on {plan.tag}", plan.n) as advance:
+            result = run_method(instances[plan.method], plan.data, plan.result, batch_size=batch_size,
+                                save_outputs=plan.outputs, resume=resume, progress=advance, command=command,
+                                metacal=mcal_config)
+        failures = result["failures"]
+        if failures["stamps_failed"]:
+            warn(f"{plan.method}: {failures['stamps_failed']} of {plan.n} stamps failed "
+                 f"(first: {failures['first_error']})")
+        if not result["dataset"]["checksum_verified"]:
+            warn(f"{plan.data}: content checksum {result['dataset']['checksum'][:12]}… differs from the checksum "
+                 f"recorded in the file ({result['dataset']['checksum_recorded'][:12]}…): the data were modified")
+        note(f"wrote {plan.result}")
+        results.append(result)
+    print(comparison_table(results))
+    if metacal:
+        print()
+        print(metacal_table(results))
+    if strict and any(r["failures"]["stamps_failed"] for r in results):
+        raise DeconvbenchError("--strict: some stamps failed (see the table and the result files)")
+    if strict and not all(r["dataset"]["checksum_verified"] for r in results):
+        raise DeconvbenchError("--strict: a data file's content does not match its recorded checksum")
