@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Datasets and results of `make run` stay inside the checkout.
 export DECONVBENCH_DATA ?= $(CURDIR)/data
 
-.PHONY: install run test results clean
+.PHONY: install run test lint results clean
 
 install: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/deconvbench demo
 
-test: install
+# lint (ruff check + ruff format --check), then the test suite
+test: install lint
 	$(BIN)/python -m pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Every committed result file and leaderboard.md, from scratch (about an hour on 2 cores:
 # generates ground-v1/test, space-v1/test and metacal-v1, runs every method, submits).

@@ -9,8 +9,9 @@ verified content checksum of generated files in ``datasets/checksums.json``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, ContextManager
 
 from .atomic import write_json_atomic
 from .cards import DatasetCard, cards_dir, expected_checksum, expected_checksums, list_cards, load_card
@@ -19,7 +20,7 @@ from .paths import dataset_path
 from .store import open_dataset, verify
 
 # progress_factory(description, total) -> context manager yielding a callable(count)
-ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
+ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
 @contextlib.contextmanager
@@ -34,8 +35,10 @@ def load_run_card(name_or_path: str) -> DatasetCard:
     if card.name in list_cards() and Path(name_or_path).suffix == ".toml":
         published = load_card(card.name)
         if published.version == card.version and published.card_hash() != card.card_hash():
-            raise CardError(f"card {name_or_path} has the name and version of the published card {card.name} "
-                            f"v{card.version} but different content; give it a new name or version")
+            raise CardError(
+                f"card {name_or_path} has the name and version of the published card {card.name} "
+                f"v{card.version} but different content; give it a new name or version"
+            )
     return card
 
 
@@ -49,8 +52,14 @@ def check_n(card: DatasetCard, split: str, n: int | None) -> int:
     return n
 
 
-def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: int = 1,
-                   progress: ProgressFactory = _no_progress, notify: Callable[[str], None] = print):
+def ensure_dataset(
+    card_name: str,
+    split: str,
+    n: int | None = None,
+    workers: int = 1,
+    progress: ProgressFactory = _no_progress,
+    notify: Callable[[str], None] = print,
+):
     """Path of a generated split, generating it if missing, corrupt or from another card.
 
     Returns ``(path, report)``: ``report`` is the :class:`GenerationReport` when the file
@@ -76,9 +85,16 @@ def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: in
     return path, report
 
 
-def resolve_run_files(data: Path | None, dataset: str | None, split: str | None, n: int | None, workers: int,
-                      metacal: bool, progress: ProgressFactory = _no_progress,
-                      notify: Callable[[str], None] = print) -> list[tuple[Path, object]]:
+def resolve_run_files(
+    data: Path | None,
+    dataset: str | None,
+    split: str | None,
+    n: int | None,
+    workers: int,
+    metacal: bool,
+    progress: ProgressFactory = _no_progress,
+    notify: Callable[[str], None] = print,
+) -> list[tuple[Path, object]]:
     """The dataset files of a run: one file, one split, or (metacal) every split of a card.
 
     Returns ``[(path, generation report or None)]``."""
@@ -94,8 +110,10 @@ def resolve_run_files(data: Path | None, dataset: str | None, split: str | None,
     if card.kind != "metacal":
         raise UsageError(f"--metacal needs a constant-shear card (kind = metacal), not {card.name}")
     splits = [split] if split else list(card.splits)
-    return [ensure_dataset(card.name if not dataset else dataset, name, n=n, workers=workers, progress=progress,
-                           notify=notify) for name in splits]
+    return [
+        ensure_dataset(dataset or card.name, name, n=n, workers=workers, progress=progress, notify=notify)
+        for name in splits
+    ]
 
 
 def published_checksum_of(path: Path) -> tuple[str, str | None]:

@@ -28,4 +28,3 @@ class OutputError(DeconvbenchError, OSError):
 
 class UsageError(DeconvbenchError, ValueError):
     """Command options that do not fit together or are out of range."""
-

@@ -25,17 +25,18 @@ import json
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
 
 from .atomic import atomic_write, check_writable, write_json_atomic
 from .errors import DataError, OutputError, UsageError
-from .methods import Batch, Deconvolver
 from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
+from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import CONTENT_KEYS, ContentHasher, open_dataset
@@ -61,10 +62,19 @@ class RunState:
     metacal_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
-        meta = {"next_index": self.next_index, "deconv_seconds": self.deconv_seconds,
-                "metacal_seconds": self.metacal_seconds, "errors": self.errors, "identity": self.identity}
-        arrays = {"status": self.status, **{f"m_{k}": v for k, v in self.metrics.items()},
-                  **{f"c_{k}": v for k, v in self.mcal.items()}, "meta": np.array(json.dumps(meta))}
+        meta = {
+            "next_index": self.next_index,
+            "deconv_seconds": self.deconv_seconds,
+            "metacal_seconds": self.metacal_seconds,
+            "errors": self.errors,
+            "identity": self.identity,
+        }
+        arrays = {
+            "status": self.status,
+            **{f"m_{k}": v for k, v in self.metrics.items()},
+            **{f"c_{k}": v for k, v in self.mcal.items()},
+            "meta": np.array(json.dumps(meta)),
+        }
         atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
@@ -83,8 +93,9 @@ class RunState:
             state.errors = list(meta["errors"])
             state.identity = meta["identity"]
         except Exception as exc:  # zip, pickle, JSON or key errors: all mean "not a usable checkpoint"
-            raise DataError(f"cannot resume from {path}: corrupt checkpoint ({type(exc).__name__}); "
-                            "remove it to start afresh") from None
+            raise DataError(
+                f"cannot resume from {path}: corrupt checkpoint ({type(exc).__name__}); remove it to start afresh"
+            ) from None
         return state
 
 
@@ -129,8 +140,9 @@ def _option_suffix(options: dict) -> str:
     return "_opt" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def result_stem(method: str, tag: str, n: int, full_n: int, options: dict | None = None,
-                metacal: MetacalConfig | None = None) -> str:
+def result_stem(
+    method: str, tag: str, n: int, full_n: int, options: dict | None = None, metacal: MetacalConfig | None = None
+) -> str:
     """File name stem of a run: method, card/split, then every choice that changes the
     numbers (prefix of n stamps, method options, metacal estimator and fixnoise), so
     different runs never overwrite each other."""
@@ -146,8 +158,14 @@ def result_stem(method: str, tag: str, n: int, full_n: int, options: dict | None
     return stem
 
 
-def plan_outputs(files: list[Path], methods: list[str], options: dict[str, dict], out: Path | None,
-                 save_outputs: Path | None, metacal: MetacalConfig | None = None) -> list[RunPlan]:
+def plan_outputs(
+    files: list[Path],
+    methods: list[str],
+    options: dict[str, dict],
+    out: Path | None,
+    save_outputs: Path | None,
+    metacal: MetacalConfig | None = None,
+) -> list[RunPlan]:
     """Result and estimate paths of every run, checked before any work starts.
 
     One run: ``out`` is the result file (default ``out/STEM.json``). Several runs: ``out``
@@ -192,8 +210,14 @@ class OutputWriter:
         except OSError as exc:
             raise OutputError(f"cannot write {self.partial}: {exc}") from None
         if "estimate" not in self._file:
-            self._file.create_dataset("estimate", shape=(n, stamp_size, stamp_size), dtype="<f4",
-                                      chunks=(min(64, n), stamp_size, stamp_size), compression="gzip", shuffle=True)
+            self._file.create_dataset(
+                "estimate",
+                shape=(n, stamp_size, stamp_size),
+                dtype="<f4",
+                chunks=(min(64, n), stamp_size, stamp_size),
+                compression="gzip",
+                shuffle=True,
+            )
             for key, value in attrs.items():
                 self._file.attrs[key] = value
 
@@ -217,7 +241,7 @@ def run_method(
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
     command: str | None = None,
-    metacal: "MetacalConfig | None" = None,
+    metacal: MetacalConfig | None = None,
 ) -> dict:
     """Run ``method`` on every stamp of ``data_path``; write and return the result dict.
 
@@ -236,23 +260,39 @@ def run_method(
         hasher = ContentHasher()
         hasher.update("params", params)
         method_params = method.params()
-        identity = {"method": method.name, "params": method_params, "checksum": dataset.checksum,
-                    "batch_size": batch_size, "n": n, "metacal": metacal.to_dict() if metacal else None}
+        identity = {
+            "method": method.name,
+            "params": method_params,
+            "checksum": dataset.checksum,
+            "batch_size": batch_size,
+            "n": n,
+            "metacal": metacal.to_dict() if metacal else None,
+        }
         identity = json.loads(json.dumps(_json_safe(identity)))
         state = None
         if resume and ckpt.exists():
             state = RunState.load(ckpt)
             if state.identity != identity:
-                raise DataError(f"cannot resume from {ckpt}: it belongs to a different run "
-                                       "(method, parameters, dataset or batch size changed); remove it")
+                raise DataError(
+                    f"cannot resume from {ckpt}: it belongs to a different run "
+                    "(method, parameters, dataset or batch size changed); remove it"
+                )
         if state is None:
             state = RunState(n=n, status=np.zeros(n, dtype=np.int8), identity=identity)
         writer = None
         if save_outputs:
-            writer = OutputWriter(Path(save_outputs), n, size,
-                                  {"method": method.name, "dataset_checksum": dataset.checksum,
-                                   "card_name": attrs["card_name"], "split": attrs["split"]},
-                                  resume=resume and state.next_index > 0)
+            writer = OutputWriter(
+                Path(save_outputs),
+                n,
+                size,
+                {
+                    "method": method.name,
+                    "dataset_checksum": dataset.checksum,
+                    "card_name": attrs["card_name"],
+                    "split": attrs["split"],
+                },
+                resume=resume and state.next_index > 0,
+            )
         if state.next_index:
             for _, arrays in _stream(dataset, batch_size, 0, state.next_index):  # resumed: hash the done part
                 for key in STREAMED_KEYS:
@@ -266,9 +306,13 @@ def run_method(
                 if metacal and not state.mcal:
                     state.mcal = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
                 truth = arrays["truth"].astype(np.float64)
-                batch = Batch(observed=arrays["observed"], psf=arrays["psf"], noise_sigma=arrays["noise_sigma"],
-                              pixel_scale_arcsec=dataset.pixel_scale_arcsec,
-                              target_fwhm_arcsec=dataset.target_psf_fwhm_arcsec)
+                batch = Batch(
+                    observed=arrays["observed"],
+                    psf=arrays["psf"],
+                    noise_sigma=arrays["noise_sigma"],
+                    pixel_scale_arcsec=dataset.pixel_scale_arcsec,
+                    target_fwhm_arcsec=dataset.target_psf_fwhm_arcsec,
+                )
                 count = len(truth)
                 sl = slice(start, start + count)
                 estimate, status, error = _call_method(method, batch, state)
@@ -281,8 +325,9 @@ def run_method(
                         state.metrics[key][sl] = np.where(finite, values, np.nan)
                     state.status[sl] = np.where(finite, STATUS_OK, STATUS_NONFINITE)
                     if not finite.all() and len(state.errors) < 20:
-                        state.errors.append(f"stamps {start}..{start + count - 1}: "
-                                            f"{int((~finite).sum())} non-finite estimate(s)")
+                        state.errors.append(
+                            f"stamps {start}..{start + count - 1}: {int((~finite).sum())} non-finite estimate(s)"
+                        )
                     if writer:
                         writer.write(start, estimate.astype(np.float32))
                     if metacal:
@@ -314,8 +359,10 @@ def _read(dataset, key: str, start: int, stop: int | None) -> np.ndarray:
     try:
         return dataset.read(key, start, stop)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise DataError(f"{dataset.path}: corrupt or unreadable data in '{key}' at stamps {start}..{stop}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise DataError(
+            f"{dataset.path}: corrupt or unreadable data in '{key}' at stamps {start}..{stop}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def _stream(dataset, batch_size: int, start: int, stop: int):
@@ -325,8 +372,9 @@ def _stream(dataset, batch_size: int, start: int, stop: int):
         yield lo, {key: _read(dataset, key, lo, hi) for key in STREAMED_KEYS}
 
 
-def _measure_metacal(method, batch: Batch, estimate: np.ndarray, config, noise_seed, state: RunState,
-                     sl: slice, start: int) -> None:
+def _measure_metacal(
+    method, batch: Batch, estimate: np.ndarray, config, noise_seed, state: RunState, sl: slice, start: int
+) -> None:
     """Metacal step for one batch; an exception is recorded as a failed measurement."""
     t0 = time.perf_counter()
     try:
@@ -335,8 +383,10 @@ def _measure_metacal(method, batch: Batch, estimate: np.ndarray, config, noise_s
         where = traceback.extract_tb(exc.__traceback__)[-1]
         state.mcal["flags"][sl] = -1
         if len(state.errors) < 20:
-            state.errors.append(f"stamps {start}..{sl.stop - 1}: metacal step failed: {type(exc).__name__}: {exc} "
-                                f"({Path(where.filename).name}:{where.lineno})")
+            state.errors.append(
+                f"stamps {start}..{sl.stop - 1}: metacal step failed: {type(exc).__name__}: {exc} "
+                f"({Path(where.filename).name}:{where.lineno})"
+            )
         values = None
     state.metacal_seconds += time.perf_counter() - t0
     if values is not None:
@@ -362,12 +412,24 @@ def _call_method(method: Deconvolver, batch: Batch, state: RunState):
 
 def failure_summary(state: RunState) -> dict:
     counts = {name: int(np.sum(state.status == code)) for code, name in STATUS_NAMES.items()}
-    return {"stamps_failed": int(np.sum(state.status != STATUS_OK)), **counts,
-            "first_error": state.errors[0] if state.errors else None, "errors": state.errors}
+    return {
+        "stamps_failed": int(np.sum(state.status != STATUS_OK)),
+        **counts,
+        "first_error": state.errors[0] if state.errors else None,
+        "errors": state.errors,
+    }
 
 
-def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch_size: int,
-                 memory: PeakMemory, command: str | None, metacal=None) -> dict:
+def build_result(
+    method,
+    attrs: dict,
+    params: np.ndarray,
+    state: RunState,
+    batch_size: int,
+    memory: PeakMemory,
+    command: str | None,
+    metacal=None,
+) -> dict:
     groups = {
         "snr": snr_labels(params["snr_level"]),
         "psf_family": np.array([f.decode() for f in params["psf_family"]]),
@@ -376,17 +438,31 @@ def build_result(method, attrs: dict, params: np.ndarray, state: RunState, batch
     ok = int(np.sum(state.status == STATUS_OK))
     seconds = state.deconv_seconds
     versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
-    throughput = {"deconv_gal_per_s": ok / seconds if seconds > 0 and ok else None,
-                  "deconv_seconds": seconds, "batch_size": batch_size,
-                  "device": getattr(method, "device", "cpu"), "stamps_ok": ok}
+    throughput = {
+        "deconv_gal_per_s": ok / seconds if seconds > 0 and ok else None,
+        "deconv_seconds": seconds,
+        "batch_size": batch_size,
+        "device": getattr(method, "device", "cpu"),
+        "stamps_ok": ok,
+    }
     result = {
         "schema_version": SCHEMA_VERSION,
-        "method": {"name": method.name, "params": method.params(), "device": getattr(method, "device", "cpu"),
-                   "version": getattr(method, "version", versions["deconvbench"])},
-        "dataset": {"card": attrs["card_name"], "version": attrs["card_version"], "split": attrs["split"],
-                    "n": int(attrs["n"]), "checksum": attrs["checksum"], "card_hash": attrs["card_hash"],
-                    "checksum_recorded": attrs.get("checksum_recorded", attrs["checksum"]),
-                    "checksum_verified": attrs.get("checksum_recorded", attrs["checksum"]) == attrs["checksum"]},
+        "method": {
+            "name": method.name,
+            "params": method.params(),
+            "device": getattr(method, "device", "cpu"),
+            "version": getattr(method, "version", versions["deconvbench"]),
+        },
+        "dataset": {
+            "card": attrs["card_name"],
+            "version": attrs["card_version"],
+            "split": attrs["split"],
+            "n": int(attrs["n"]),
+            "checksum": attrs["checksum"],
+            "card_hash": attrs["card_hash"],
+            "checksum_recorded": attrs.get("checksum_recorded", attrs["checksum"]),
+            "checksum_verified": attrs.get("checksum_recorded", attrs["checksum"]) == attrs["checksum"],
+        },
         "versions": versions,
         "git_commit": git_commit(),
         "hardware": hardware(getattr(method, "device", "cpu")),

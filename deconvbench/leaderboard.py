@@ -119,7 +119,9 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
     if card is None:
         raise SubmissionError(f"unknown dataset card {card_name!r}")
     if _require(data, "dataset.version") != card.version:
-        raise SubmissionError(f"dataset.version {data['dataset']['version']!r} is not the card's version {card.version!r}")
+        raise SubmissionError(
+            f"dataset.version {data['dataset']['version']!r} is not the card's version {card.version!r}"
+        )
     split = _require(data, "dataset.split")
     if split not in card.splits:
         raise SubmissionError(f"card {card.name} has no split {split!r}")
@@ -262,7 +264,8 @@ def render_leaderboard(results_dir: str | Path) -> str:
                 "deconv/s": thr.get("deconv_gal_per_s"),
                 "mem": r.get("peak_memory_mb"),
                 "failures": stamps_failed(r),
-                "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40] + f" ({r['hardware'].get('device')})",
+                "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40]
+                + f" ({r['hardware'].get('device')})",
                 "version": r["method"].get("version"),
                 "date": (r.get("timestamp") or "")[:10],
                 "file": r["_file"],
@@ -277,7 +280,8 @@ def render_leaderboard(results_dir: str | Path) -> str:
             entry = [row["method"], _num(row["NMSE"], ".3e"), _num(row["SSIM"], ".3f"), _num(row["|Δe|"], ".4f")]
             if has_metacal:
                 entry += [_pm(row["m"], row["m_err"], ".1e"), _pm(row["c"], row["c_err"], ".1e"),
-                          _pm(row["alpha"], row["alpha_err"], ".1e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
+                          _pm(row["alpha"], row["alpha_err"], ".1e"), row["req"], _num(row["Q"], ".0f"),
+                          _num(row["mcal/s"], ",.0f")]
             entry += [_num(row["deconv/s"], ",.0f"), str(row["failures"]), _num(row["mem"], ",.0f"), row["hardware"],
                       row["version"],
                       row["date"], f"`{row['file']}`"]

@@ -20,10 +20,12 @@ Optional class attributes used by ``deconvbench list-methods`` without instantia
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -178,10 +180,8 @@ def load_method(name: str, **options: Any) -> Deconvolver:
     except Exception as exc:  # e.g. missing weights: one clear line, not a traceback
         raise MethodError(f"method {name!r} cannot start: {exc}") from exc
     if not getattr(method, "name", None):
-        try:
+        with contextlib.suppress(AttributeError):
             method.name = name
-        except AttributeError:
-            pass
     return method
 
 

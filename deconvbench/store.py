@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -78,8 +78,13 @@ class DatasetWriter:
         chunk = (min(64, n), stamp_size, stamp_size)
         for key in IMAGE_KEYS:
             self._file.create_dataset(
-                key, shape=(n, stamp_size, stamp_size), dtype="<f4", chunks=chunk,
-                compression="gzip", compression_opts=4, shuffle=True,
+                key,
+                shape=(n, stamp_size, stamp_size),
+                dtype="<f4",
+                chunks=chunk,
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
             )
         for key, dtype in (("noise_sigma", "<f8"), ("snr", "<f8"), ("params", params_dtype)):
             self._file.create_dataset(key, shape=(n,), dtype=dtype, chunks=(min(1024, n),), compression="gzip")

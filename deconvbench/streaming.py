@@ -9,8 +9,8 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -39,15 +39,18 @@ def shuffled_batches(
         rng.shuffle(starts)
         for group in range(0, len(starts), buffer_blocks):
             blocks = sorted(int(s) for s in starts[group : group + buffer_blocks])
-            buffer = {key: np.concatenate([ds.read(key, s, min(s + block_size, total)) for s in blocks]) for key in keys}
+            buffer = {
+                key: np.concatenate([ds.read(key, s, min(s + block_size, total)) for s in blocks]) for key in keys
+            }
             order = rng.permutation(len(buffer[keys[0]]))
             for lo in range(0, len(order), batch_size):
                 idx = np.sort(order[lo : lo + batch_size])
                 yield {key: value[idx] for key, value in buffer.items()}
 
 
-def sequential_batches(path: str | Path, batch_size: int, n: int | None = None,
-                       keys: Sequence[str] = TRAINING_KEYS) -> Iterator[dict[str, np.ndarray]]:
+def sequential_batches(
+    path: str | Path, batch_size: int, n: int | None = None, keys: Sequence[str] = TRAINING_KEYS
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield the first ``n`` stamps (default: all) in file order, ``batch_size`` at a time."""
     with open_dataset(path) as ds:
         total = ds.n if n is None else min(n, ds.n)

@@ -45,16 +45,51 @@ def comparison_table(results: list[dict]) -> str:
             block = groups[label] if label != "overall" else metrics.get("overall", {})
             if not block:
                 continue
-            rows.append([name, label, block.get("count"), _fmt(block, "nmse", "mean"), _fmt(block, "nmse", "median"),
-                         _fmt(block, "psnr", "median", ".1f"), _fmt(block, "ssim", "median", ".3f"),
-                         _fmt(block, "e_err", "mean", ".4f"), _fmt(block, "size_err", "median", "+.3f"),
-                         _fmt(block, "flux_err", "median", "+.4f"), block.get("failures", 0)])
+            rows.append(
+                [
+                    name,
+                    label,
+                    block.get("count"),
+                    _fmt(block, "nmse", "mean"),
+                    _fmt(block, "nmse", "median"),
+                    _fmt(block, "psnr", "median", ".1f"),
+                    _fmt(block, "ssim", "median", ".3f"),
+                    _fmt(block, "e_err", "mean", ".4f"),
+                    _fmt(block, "size_err", "median", "+.3f"),
+                    _fmt(block, "flux_err", "median", "+.4f"),
+                    block.get("failures", 0),
+                ]
+            )
         fail = result["failures"]["stamps_failed"]
         speed = result["throughput"]["deconv_gal_per_s"]
-        rows.append([name, "stamps/s", f"{speed:,.0f}" if speed else "-", "", "", "", "", "", "",
-                     f"peak {result['peak_memory_mb']:.0f} MB", f"{fail} failed" if fail else ""])
-    headers = ["method", "SNR", "N", "NMSE mean", "NMSE med", "PSNR med", "SSIM med", "|Δe| mean", "size err med",
-               "flux err med", "failures"]
+        rows.append(
+            [
+                name,
+                "stamps/s",
+                f"{speed:,.0f}" if speed else "-",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"peak {result['peak_memory_mb']:.0f} MB",
+                f"{fail} failed" if fail else "",
+            ]
+        )
+    headers = [
+        "method",
+        "SNR",
+        "N",
+        "NMSE mean",
+        "NMSE med",
+        "PSNR med",
+        "SSIM med",
+        "|Δe| mean",
+        "size err med",
+        "flux err med",
+        "failures",
+    ]
     return tabulate(rows, headers=headers, disable_numparse=True)
 
 
@@ -70,22 +105,44 @@ def metacal_table(results: list[dict]) -> str:
         labels = list(block["by_snr"]) if len(block["by_snr"]) > 1 else []
         for label in labels + ["overall"]:
             stats = block["overall"] if label == "overall" else block["by_snr"][label]
-            rows.append([
-                result["method"]["name"], result["dataset"]["split"], label if labels else next(iter(block["by_snr"])),
-                _pm(stats.get("m"), stats.get("m_err")), _pm(stats.get("c"), stats.get("c_err")),
-                _pm(stats.get("c1"), stats.get("c1_err")), _pm(stats.get("alpha"), stats.get("alpha_err")),
-                _num(stats.get("R11"), ".4f"), stats.get("n_pairs"), stats.get("n_excluded"),
-                stats.get("requirement", "–"),
-                f"{speed:,.1f}" if speed and label == "overall" else "",
-            ])
+            rows.append(
+                [
+                    result["method"]["name"],
+                    result["dataset"]["split"],
+                    label if labels else next(iter(block["by_snr"])),
+                    _pm(stats.get("m"), stats.get("m_err")),
+                    _pm(stats.get("c"), stats.get("c_err")),
+                    _pm(stats.get("c1"), stats.get("c1_err")),
+                    _pm(stats.get("alpha"), stats.get("alpha_err")),
+                    _num(stats.get("R11"), ".4f"),
+                    stats.get("n_pairs"),
+                    stats.get("n_excluded"),
+                    stats.get("requirement", "–"),
+                    f"{speed:,.1f}" if speed and label == "overall" else "",
+                ]
+            )
         floor = block.get("m_floor_estimator")
-    headers = ["method", "split", "SNR", "m ± σm", "c ± σc", "c1 ± σ", "α ± σα", "<R11>", "pairs", "excluded",
-               "|m|<1e-3 & |c|<1e-4", "metacal gal/s"]
+    headers = [
+        "method",
+        "split",
+        "SNR",
+        "m ± σm",
+        "c ± σc",
+        "c1 ± σ",
+        "α ± σα",
+        "<R11>",
+        "pairs",
+        "excluded",
+        "|m|<1e-3 & |c|<1e-4",
+        "metacal gal/s",
+    ]
     text = tabulate(rows, headers=headers, disable_numparse=True)
     if rows:
         estimator = next(r["metacal"]["estimator"] for r in results if r.get("metacal"))
-        text += (f"\nestimator {estimator}; requirement |m| < 1e-3, |c| < 1e-4; "
-                 f"estimator non-linearity floor m ≈ 0.9·g² = {floor:.1e} (not a metacal error)")
+        text += (
+            f"\nestimator {estimator}; requirement |m| < 1e-3, |c| < 1e-4; "
+            f"estimator non-linearity floor m ≈ 0.9·g² = {floor:.1e} (not a metacal error)"
+        )
     return text
 
 
@@ -101,8 +158,13 @@ def generation_table(report, params: np.ndarray) -> str:
         ["file", str(report.path)],
         ["card", f"{report.card} v{report.version} / {report.split}"],
         ["stamps", report.n],
-        ["SNR levels", ", ".join(f"{label} ({int(np.sum(params['snr_level'] == s))})"
-                                 for s, label in zip(levels, snr_labels(levels), strict=True))],
+        [
+            "SNR levels",
+            ", ".join(
+                f"{label} ({int(np.sum(params['snr_level'] == s))})"
+                for s, label in zip(levels, snr_labels(levels), strict=True)
+            ),
+        ],
         ["PSF families", ", ".join(f"{f} ({int(np.sum(params['psf_family'] == f.encode()))})" for f in families)],
         ["galaxy profiles", ", ".join(profiles)],
         ["file size", f"{mb:.2f} MB ({mb / report.n * 1000:.1f} MB per 1000 stamps)"],
@@ -129,6 +191,15 @@ def datasets_table(cards) -> str:
     rows = []
     for card in cards:
         splits = ", ".join(f"{k}={v.n}" for k, v in card.splits.items())
-        rows.append([card.name, card.version, card.kind, f"{card.stamp.size}", f"{card.stamp.pixel_scale_arcsec}",
-                     ", ".join(card.psf.families), splits])
+        rows.append(
+            [
+                card.name,
+                card.version,
+                card.kind,
+                f"{card.stamp.size}",
+                f"{card.stamp.pixel_scale_arcsec}",
+                ", ".join(card.psf.families),
+                splits,
+            ]
+        )
     return tabulate(rows, headers=["card", "version", "kind", "stamp", "pixel [arcsec]", "PSF families", "splits"])

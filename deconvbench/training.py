@@ -7,9 +7,10 @@ the entry-point registry, so the command line names no method's code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import MethodError, UsageError
 from .methods import get_factory

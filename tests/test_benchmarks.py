@@ -16,8 +16,9 @@ def test_asv_check_discovers_the_benchmarks(tmp_path):
     asv = shutil.which("asv", path=str(Path(sys.executable).parent)) or shutil.which("asv")
     if asv is None:
         pytest.skip("asv is not installed (extra [dev])")
-    proc = subprocess.run([asv, "check", "-E", f"existing:{sys.executable}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [asv, "check", "-E", f"existing:{sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No problems found" in proc.stdout
 

@@ -43,7 +43,7 @@ def _inputs(rng, b, n):
     return x, psf, noise
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(config):
     model = jax_model.DeconvNetJax(config)
     return jax.jit(lambda params, x, psf, noise: model.apply({"params": params}, x, psf, noise))

@@ -52,7 +52,12 @@ def synthetic_batch(seed: int, b: int = B, n: int = N, target_sigma: float = 1.0
     truth = _gaussians(n, gal + target_sigma**2 * np.eye(2), centre, flux)
     sigma = np.where(np.arange(b) % 4 == 0, 0.0, clean.max(axis=(1, 2)) / rng.uniform(3, 30, b))
     observed = clean + sigma[:, None, None] * rng.standard_normal((b, n, n))
-    return {"observed": observed.astype(np.float32), "psf": psf_img.astype(np.float32), "noise_sigma": sigma, "truth": truth.astype(np.float32)}
+    return {
+        "observed": observed.astype(np.float32),
+        "psf": psf_img.astype(np.float32),
+        "noise_sigma": sigma,
+        "truth": truth.astype(np.float32),
+    }
 
 
 TRAIN = [synthetic_batch(seed) for seed in range(4)]
@@ -137,7 +142,9 @@ def test_resume_matches_uninterrupted_run(framework, tmp_path):
         seen_epochs.append(epoch)
         return iter(TRAIN)
 
-    resumed = train(framework, TINY, batches, lambda: iter(VAL), epochs=3, lr=LR, seed=0, out_dir=tmp_path / "resumed", resume=True)
+    resumed = train(
+        framework, TINY, batches, lambda: iter(VAL), epochs=3, lr=LR, seed=0, out_dir=tmp_path / "resumed", resume=True
+    )
     assert seen_epochs == [2]  # only the missing epoch ran
     assert resumed["resumed_from"] == 2 and resumed["epochs_completed"] == 3
     assert _losses(resumed)[:2] == _losses(first)
@@ -150,7 +157,15 @@ def test_resume_matches_uninterrupted_run(framework, tmp_path):
     again = _train(framework, tmp_path / "resumed", 3, resume=True)
     assert _losses(again) == _losses(resumed)
     with pytest.raises(ValueError, match="different config"):
-        train(framework, TINY.replace(cond_dim=4), batches, lambda: iter(VAL), epochs=4, out_dir=tmp_path / "resumed", resume=True)
+        train(
+            framework,
+            TINY.replace(cond_dim=4),
+            batches,
+            lambda: iter(VAL),
+            epochs=4,
+            out_dir=tmp_path / "resumed",
+            resume=True,
+        )
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):

@@ -53,10 +53,34 @@ def test_shipped_weights_beat_wiener_on_the_smoke_test_split(smoke_test_file, tm
 def test_cli_training_on_the_smoke_set_lowers_the_loss(smoke_train_data, tmp_path):
     env = {**os.environ, "DECONVBENCH_DATA": str(smoke_train_data)}
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "train", "--framework", "torch", "--dataset", "smoke",
-                           "--epochs", "3", "--batch-size", "16", "--width", "8", "--seed", "1", "--threads", "1",
-                           "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deconvbench.cli",
+            "train",
+            "--framework",
+            "torch",
+            "--dataset",
+            "smoke",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--width",
+            "8",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 3

@@ -72,8 +72,9 @@ def _cli(*args, plugin_path=None, cwd=None):
     env = dict(os.environ)
     if plugin_path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(plugin_path), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "deconvbench.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
 
 
 def test_entry_point_plugin_runs_through_cli(plugin_path, smoke_test_file, tmp_path):
@@ -82,8 +83,20 @@ def test_entry_point_plugin_runs_through_cli(plugin_path, smoke_test_file, tmp_p
     assert "identity" in listing.stdout and "fft" in listing.stdout
     assert "needs extra [xyz]" in listing.stdout
     out = tmp_path / "identity.json"
-    result = _cli("run", "--method", "identity", "--data", str(smoke_test_file), "--out", str(out),
-                  "--batch-size", "16", "--option", "identity.scale=1.0", plugin_path=plugin_path)
+    result = _cli(
+        "run",
+        "--method",
+        "identity",
+        "--data",
+        str(smoke_test_file),
+        "--out",
+        str(out),
+        "--batch-size",
+        "16",
+        "--option",
+        "identity.scale=1.0",
+        plugin_path=plugin_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "identity" in result.stdout and "noiseless" in result.stdout
     data = json.loads(out.read_text())
@@ -93,8 +106,16 @@ def test_entry_point_plugin_runs_through_cli(plugin_path, smoke_test_file, tmp_p
     assert data["metrics"]["overall"]["count"] == 64
     for key in ("versions", "hardware", "throughput", "peak_memory_mb", "timestamp", "schema_version"):
         assert key in data
-    unavailable = _cli("run", "--method", "needs-xyz", "--data", str(smoke_test_file), "--out", str(tmp_path / "x.json"),
-                       plugin_path=plugin_path)
+    unavailable = _cli(
+        "run",
+        "--method",
+        "needs-xyz",
+        "--data",
+        str(smoke_test_file),
+        "--out",
+        str(tmp_path / "x.json"),
+        plugin_path=plugin_path,
+    )
     assert unavailable.returncode == 2 and "needs extra [xyz]" in unavailable.stderr
     assert "Traceback" not in unavailable.stderr
 
@@ -107,8 +128,9 @@ def test_nan_method_is_reported_and_strict_fails(plugin_path, smoke_test_file, t
     assert data["failures"]["stamps_failed"] == 32 and data["failures"]["nonfinite"] == 32
     assert data["metrics"]["overall"]["count"] == 32  # the NaN stamps are not averaged in
     assert "non-finite" in lenient.stderr
-    strict = _cli("run", "-m", "half-nan", "--data", str(smoke_test_file), "--out", str(out), "--strict",
-                  plugin_path=plugin_path)
+    strict = _cli(
+        "run", "-m", "half-nan", "--data", str(smoke_test_file), "--out", str(out), "--strict", plugin_path=plugin_path
+    )
     assert strict.returncode != 0 and "--strict" in strict.stderr and "Traceback" not in strict.stderr
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +47,19 @@ def _tampered(fft_result, tmp_path, edit) -> Path:
     return path
 
 
-@pytest.mark.parametrize("edit, reason", [
-    (lambda d: d["dataset"].update(checksum="0" * 64), "checksum"),
-    (lambda d: d["metrics"]["overall"]["nmse"].update(mean=float("nan")), "not finite"),
-    (lambda d: d["dataset"].update(card="no-such-card"), "unknown dataset card"),
-    (lambda d: d["method"].update(name="<script>x</script>"), "method.name"),
-    (lambda d: d["hardware"].update(cpu="[click](http://evil)"), "markup"),
-    (lambda d: d["method"].pop("version"), "method.version"),
-    (lambda d: d.update(schema_version=99), "schema_version"),
-    (lambda d: d["dataset"].update(n=63), "published checksum"),
-])
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        (lambda d: d["dataset"].update(checksum="0" * 64), "checksum"),
+        (lambda d: d["metrics"]["overall"]["nmse"].update(mean=float("nan")), "not finite"),
+        (lambda d: d["dataset"].update(card="no-such-card"), "unknown dataset card"),
+        (lambda d: d["method"].update(name="<script>x</script>"), "method.name"),
+        (lambda d: d["hardware"].update(cpu="[click](http://evil)"), "markup"),
+        (lambda d: d["method"].pop("version"), "method.version"),
+        (lambda d: d.update(schema_version=99), "schema_version"),
+        (lambda d: d["dataset"].update(n=63), "published checksum"),
+    ],
+)
 def test_tampered_results_are_rejected_and_nothing_changes(fft_result, tmp_path, edit, reason):
     results = tmp_path / "results"
     results.mkdir()
@@ -71,8 +73,11 @@ def test_tampered_results_are_rejected_and_nothing_changes(fft_result, tmp_path,
 
 def test_cli_submit_gives_one_line_and_exit_2(fft_result, tmp_path):
     bad = _tampered(fft_result, tmp_path, lambda d: d["dataset"].update(checksum="f" * 64))
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "submit", str(bad), "--results-dir",
-                           str(tmp_path / "results")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "submit", str(bad), "--results-dir", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "checksum" in proc.stderr
     assert not (tmp_path / "results").exists()
@@ -98,8 +103,9 @@ def test_leaderboard_is_deterministic_and_check_detects_edits(fft_result, tmp_pa
 
 def test_committed_leaderboard_matches_committed_results():
     """leaderboard.md on main is exactly what results/ implies."""
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "leaderboard", "--check"],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "leaderboard", "--check"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stderr
 
 

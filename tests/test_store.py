@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -95,8 +94,11 @@ def test_failed_generation_leaves_no_file(tmp_path, monkeypatch):
 
 def test_killed_generation_leaves_no_final_file(tmp_path):
     out = tmp_path / "killed.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "deconvbench.cli", "generate", "smoke", "--split", "train",
-                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deconvbench.cli", "generate", "smoke", "--split", "train", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     partial = tmp_path / "killed.h5.partial"
     deadline = time.time() + 60
     while not partial.exists() and time.time() < deadline and proc.poll() is None:
@@ -108,8 +110,11 @@ def test_killed_generation_leaves_no_final_file(tmp_path):
 
 def test_card_errors_name_the_field(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text((load_card.__globals__["cards_dir"]() / "smoke.toml").read_text().replace(
-        "pixel_scale_arcsec = 0.2", "pixel_scale_arcsec = -1"))
+    bad.write_text(
+        (load_card.__globals__["cards_dir"]() / "smoke.toml")
+        .read_text()
+        .replace("pixel_scale_arcsec = 0.2", "pixel_scale_arcsec = -1")
+    )
     with pytest.raises(CardError, match=r"stamp\.pixel_scale_arcsec"):
         load_card(bad)
     result = _cli("generate", str(bad), "--split", "test", "--out", str(tmp_path / "x.h5"))

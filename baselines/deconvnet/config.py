@@ -63,14 +63,23 @@ class DeconvNetConfig:
 
         for field in ("depth", "width", "blocks_per_scale", "norm_groups", "psf_width", "psf_size", "cond_dim"):
             value = getattr(self, field)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1, f"{field} must be an int >= 1, got {value!r}")
+            need(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{field} must be an int >= 1, got {value!r}",
+            )
         need(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
-        need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        need(
+            self.conditioning in CONDITIONINGS,
+            f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}",
+        )
         need(isinstance(self.use_noise_input, bool), "use_noise_input must be a bool")
         need(isinstance(self.global_residual, bool), "global_residual must be a bool")
         if self.norm == "group":
             need(self.width % self.norm_groups == 0, f"norm_groups={self.norm_groups} must divide width={self.width}")
-        need(self.psf_size % self.multiple == 0, f"psf_size={self.psf_size} must be a multiple of 2**(depth-1)={self.multiple}")
+        need(
+            self.psf_size % self.multiple == 0,
+            f"psf_size={self.psf_size} must be a multiple of 2**(depth-1)={self.multiple}",
+        )
 
     # -- derived -------------------------------------------------------------------
     @property
@@ -92,7 +101,7 @@ class DeconvNetConfig:
         return {"arch": ARCH, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DeconvNetConfig":
+    def from_dict(cls, data: dict[str, Any]) -> DeconvNetConfig:
         data = dict(data)
         arch = data.pop("arch", ARCH)
         if arch != ARCH:
@@ -107,10 +116,10 @@ class DeconvNetConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "DeconvNetConfig":
+    def from_json(cls, text: str) -> DeconvNetConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "DeconvNetConfig":
+    def replace(self, **changes: Any) -> DeconvNetConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
+
+from deconvbench.atomic import atomic_write
 
 from .config import DeconvNetConfig
 
@@ -122,27 +124,12 @@ def flat_to_torch_state(flat: Mapping[str, np.ndarray]) -> dict:
 
 
 # -- .npz files ------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, fsync it and
-    ``os.replace`` it onto ``path``: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def save_weights(path: str | os.PathLike, flat: Mapping[str, np.ndarray], config: DeconvNetConfig, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_weights(
+    path: str | os.PathLike,
+    flat: Mapping[str, np.ndarray],
+    config: DeconvNetConfig,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``flat`` + config + metadata to ``path`` atomically (temp file, then
     ``os.replace``), so a reader never sees a half-written file."""
     path = Path(path)

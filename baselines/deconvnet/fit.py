@@ -9,7 +9,7 @@ evaluates the best epoch through the same harness as every method and writes
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from deconvbench.atomic import write_json_atomic
 from deconvbench.dataset_files import ensure_dataset
@@ -20,17 +20,24 @@ from deconvbench.training import TrainingRequest
 def _validation_block(val_result: dict) -> dict:
     metrics = val_result["metrics"]
     return {
-        "split": "val", "n": val_result["dataset"]["n"], "checksum": val_result["dataset"]["checksum"],
-        "nmse_mean": metrics["overall"]["nmse"]["mean"], "nmse_median": metrics["overall"]["nmse"]["median"],
+        "split": "val",
+        "n": val_result["dataset"]["n"],
+        "checksum": val_result["dataset"]["checksum"],
+        "nmse_mean": metrics["overall"]["nmse"]["mean"],
+        "nmse_median": metrics["overall"]["nmse"]["median"],
         "e_err_mean": metrics["overall"]["e_err"]["mean"],
-        "by_snr": {label: {"nmse_mean": block["nmse"]["mean"], "nmse_median": block["nmse"]["median"],
-                           "e_err_mean": block["e_err"]["mean"]}
-                   for label, block in metrics["by_snr"].items()},
+        "by_snr": {
+            label: {
+                "nmse_mean": block["nmse"]["mean"],
+                "nmse_median": block["nmse"]["median"],
+                "e_err_mean": block["e_err"]["mean"],
+            }
+            for label, block in metrics["by_snr"].items()
+        },
     }
 
 
-def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable,
-                    notify: Callable[[str], None]) -> str:
+def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable, notify: Callable[[str], None]) -> str:
     """Train DeconvNet in ``framework`` ("jax" or "torch") as ``request`` says.
 
     Writes OUT/best.npz (best-on-validation weights, loadable by both frameworks),
@@ -48,8 +55,9 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     try:
         __import__(framework)
     except ImportError:
-        raise UsageError(f"training in {framework} needs extra [{framework}] "
-                         f"(pip install 'deconvbench[{framework}]')") from None
+        raise UsageError(
+            f"training in {framework} needs extra [{framework}] (pip install 'deconvbench[{framework}]')"
+        ) from None
     if request.threads is not None and framework == "torch":
         import torch
 
@@ -61,14 +69,21 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
         config = DeconvNetConfig(**request.model_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad DeconvNet config: {exc}") from None
-    train_path, _ = ensure_dataset(request.dataset, "train", n=request.n_train, workers=request.workers,
-                                   progress=progress, notify=notify)
-    val_path, _ = ensure_dataset(request.dataset, "val", n=request.n_val, workers=request.workers,
-                                 progress=progress, notify=notify)
+    train_path, _ = ensure_dataset(
+        request.dataset, "train", n=request.n_train, workers=request.workers, progress=progress, notify=notify
+    )
+    val_path, _ = ensure_dataset(
+        request.dataset, "val", n=request.n_val, workers=request.workers, progress=progress, notify=notify
+    )
     with open_dataset(train_path) as ds:
-        geometry = {"pixel_scale_arcsec": ds.pixel_scale_arcsec, "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
-                    "stamp_size": ds.stamp_size, "dataset": request.dataset, "train_checksum": ds.checksum,
-                    "n_train": ds.n}
+        geometry = {
+            "pixel_scale_arcsec": ds.pixel_scale_arcsec,
+            "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
+            "stamp_size": ds.stamp_size,
+            "dataset": request.dataset,
+            "train_checksum": ds.checksum,
+            "n_train": ds.n,
+        }
     n_epoch = geometry["n_train"]
 
     def train_batches(epoch: int):
@@ -81,32 +96,59 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
 
         def report(record: dict) -> None:
             advance(1)
-            notify(f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
-                   f"val NMSE {record['val_nmse']:.4g}{' (best)' if record['best'] else ''}, "
-                   f"{n_epoch / record['time_s']:.1f} stamps/s")
+            notify(
+                f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}, "
+                f"val NMSE {record['val_nmse']:.4g}{' (best)' if record['best'] else ''}, "
+                f"{n_epoch / record['time_s']:.1f} stamps/s"
+            )
 
         try:
-            summary = run_training(framework, config, train_batches, val_batches, epochs=request.epochs,
-                                   lr=request.lr, seed=request.seed, out_dir=request.out, resume=request.resume,
-                                   patience=request.patience, augment=request.augment, progress=report,
-                                   metadata={**geometry, "command": request.command})
+            summary = run_training(
+                framework,
+                config,
+                train_batches,
+                val_batches,
+                epochs=request.epochs,
+                lr=request.lr,
+                seed=request.seed,
+                out_dir=request.out,
+                resume=request.resume,
+                patience=request.patience,
+                augment=request.augment,
+                progress=report,
+                metadata={**geometry, "command": request.command},
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     validation = None
     if summary["best_path"]:
         notify("evaluating the best epoch on the validation split")
-        val_result = run_method(load_method(f"deconvnet-{framework}", weights=summary["best_path"]), val_path,
-                                request.out / "val_result.json", command=request.command)
+        val_result = run_method(
+            load_method(f"deconvnet-{framework}", weights=summary["best_path"]),
+            val_path,
+            request.out / "val_result.json",
+            command=request.command,
+        )
         validation = _validation_block(val_result)
     card = {
-        "model": "DeconvNet", "framework_trained": framework, "config": config.to_dict(), "validation": validation,
-        "command": request.command, "dataset": geometry, "epochs_completed": summary["epochs_completed"],
-        "best_epoch": summary["best_epoch"], "best_val_nmse": summary["best_val_nmse"],
+        "model": "DeconvNet",
+        "framework_trained": framework,
+        "config": config.to_dict(),
+        "validation": validation,
+        "command": request.command,
+        "dataset": geometry,
+        "epochs_completed": summary["epochs_completed"],
+        "best_epoch": summary["best_epoch"],
+        "best_val_nmse": summary["best_val_nmse"],
         "stopped_early": summary["stopped_early"],
         # summed over epochs, so that a run resumed over several sessions reports its whole time
         "wall_time_s": sum(record["time_s"] for record in summary["history"]),
-        "batch_size": request.batch_size, "lr": request.lr, "seed": request.seed, "augment": request.augment,
-        "hardware": hardware(), "versions": package_versions((framework,)),
+        "batch_size": request.batch_size,
+        "lr": request.lr,
+        "seed": request.seed,
+        "augment": request.augment,
+        "hardware": hardware(),
+        "versions": package_versions((framework,)),
         "history": summary["history"],
     }
     write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)

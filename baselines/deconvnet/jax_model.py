@@ -14,7 +14,6 @@ normalised truth estimate. Any n: the image is zero-padded to a multiple of
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -29,12 +28,13 @@ _zeros = nn.initializers.zeros
 def _conv(features: int, name: str, kernel: int = 3, stride: int = 1, zero_init: bool = False) -> nn.Conv:
     pad = kernel // 2
     kwargs = {"kernel_init": _zeros} if zero_init else {}
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), name=name, **kwargs)
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)), name=name, **kwargs
+    )
 
 
 def _upsample2(h: jax.Array) -> jax.Array:
     return jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-
 
 
 class ResBlock(nn.Module):
@@ -45,7 +45,7 @@ class ResBlock(nn.Module):
     width: int
 
     @nn.compact
-    def __call__(self, h: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+    def __call__(self, h: jax.Array, cond: jax.Array | None) -> jax.Array:
         cfg = self.config
         y = h
         if cfg.norm == "group":
@@ -140,7 +140,7 @@ class DeconvNetJax(nn.Module):
         b, n_y, n_x = x.shape
 
         # conditioning vectors, one per level
-        conds: list[Optional[jax.Array]] = [None] * cfg.depth
+        conds: list[jax.Array | None] = [None] * cfg.depth
         if cfg.conditioning == "film":
             psf = jnp.asarray(psf, jnp.float32)
             wy, wx = centre_window(psf.shape[1], cfg.psf_size), centre_window(psf.shape[2], cfg.psf_size)

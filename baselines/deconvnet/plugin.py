@@ -123,7 +123,10 @@ class _DeconvNetBase:
     def _check_geometry(self, batch: Batch) -> None:
         """Refuse data whose pixel scale or target PSF differ from the training data's
         (when the weights record them): the output would silently be for the wrong target."""
-        for key, value in (("pixel_scale_arcsec", batch.pixel_scale_arcsec), ("target_fwhm_arcsec", batch.target_fwhm_arcsec)):
+        for key, value in (
+            ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
+            ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
+        ):
             trained = self.metadata.get(key)
             if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
                 raise MethodError(

@@ -12,7 +12,6 @@ Call: ``DeconvNetTorch(config)(x, psf, noise)`` with ``x``, ``psf`` (B, n, n) an
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,6 @@ from torch import nn
 from .config import DeconvNetConfig, centre_window, pad_amounts
 
 GN_EPS = 1e-5
-
 
 
 def _lecun_normal_(weight: torch.Tensor, fan_in: int) -> None:
@@ -70,7 +68,7 @@ class ResBlock(nn.Module):
             self.norm2 = _group_norm(config, width)
         self.conv2 = _conv(width, width, zero_init=True)
 
-    def forward(self, h: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         y = self.norm1(h) if self.group_norm else h
         if cond is not None:
             gb = self.film(cond)
@@ -181,7 +179,7 @@ class DeconvNetTorch(nn.Module):
         x = x.to(torch.float32)
         b, n_y, n_x = x.shape
 
-        conds: list[Optional[torch.Tensor]] = [None] * cfg.depth
+        conds: list[torch.Tensor | None] = [None] * cfg.depth
         if cfg.conditioning == "film":
             psf = psf.to(torch.float32)
             wy, wx = centre_window(psf.shape[1], cfg.psf_size), centre_window(psf.shape[2], cfg.psf_size)

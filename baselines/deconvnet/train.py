@@ -30,8 +30,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -259,7 +259,12 @@ def evaluate(backend, batches: Iterable[dict], chunk: int = 256) -> float:
     for batch in batches:
         observed, psf, sigma, truth = _unpack(batch)
         x, psf_in, noise_in, scale = normalise(observed, psf, sigma)
-        y = np.concatenate([backend.predict(x[i : i + chunk], psf_in[i : i + chunk], noise_in[i : i + chunk]) for i in range(0, len(x), chunk)])
+        y = np.concatenate(
+            [
+                backend.predict(x[i : i + chunk], psf_in[i : i + chunk], noise_in[i : i + chunk])
+                for i in range(0, len(x), chunk)
+            ]
+        )
         scores.append(nmse_per_stamp(denormalise(y, scale), truth))
     if not scores:
         raise ValueError("val_batches() yielded no batches")
@@ -276,10 +281,10 @@ def train(
     seed: int = 0,
     out_dir: str | os.PathLike = "deconvnet-run",
     resume: bool = False,
-    patience: Optional[int] = None,
+    patience: int | None = None,
     augment: bool = True,
-    progress: Optional[Callable[[dict], None]] = None,
-    metadata: Optional[dict] = None,
+    progress: Callable[[dict], None] | None = None,
+    metadata: dict | None = None,
 ) -> dict:
     """Train DeconvNet; see the module docstring for what is written where.
 
@@ -308,7 +313,7 @@ def train(
     best_path = out / BEST_NAME
 
     history: list[dict] = []
-    best_epoch: Optional[int] = None
+    best_epoch: int | None = None
     best_val = math.inf
     start = 0
     resumed_from = None

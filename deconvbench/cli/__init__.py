@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import sys
+
 import typer
 from rich.markup import escape
 
@@ -52,8 +53,10 @@ def _raise_interrupt(signum, frame):
 
 
 def _interrupted() -> None:
-    err_console.print("interrupted: stopped before completion (nothing written under the final name; "
-                      "`run --resume` continues a run)", highlight=False)
+    err_console.print(
+        "interrupted: stopped before completion (nothing written under the final name; `run --resume` continues a run)",
+        highlight=False,
+    )
     sys.exit(EXIT_INTERRUPTED)
 
 

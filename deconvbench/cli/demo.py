@@ -31,8 +31,11 @@ def demo(
     results = []
     for name, method in methods.items():
         with progress_task(f"{name} on smoke/test", 64) as advance:
-            results.append(run_method(method, test_path, out / f"{name}_smoke_test.json", progress=advance,
-                                      command="deconvbench demo"))
+            results.append(
+                run_method(
+                    method, test_path, out / f"{name}_smoke_test.json", progress=advance, command="deconvbench demo"
+                )
+            )
     print("Deconvolution on smoke/test (64 stamps; metrics against truth, medians per SNR level)")
     print(comparison_table(results))
     print()
@@ -41,9 +44,19 @@ def demo(
         path, _ = ensure_dataset("smoke-metacal", split, workers=workers, progress=progress_task, notify=note)
         for name, method in methods.items():
             with progress_task(f"{name} metacal on smoke-metacal/{split}", 64) as advance:
-                mcal_results.append(run_method(method, path, out / f"{name}_smoke-metacal_{split}.json",
-                                               progress=advance, command="deconvbench demo", metacal=MetacalConfig()))
-    print("Metacalibration on smoke-metacal (16 groups of 4 per split: σm is large at this size; "
-          "the full test is `deconvbench run --method NAME --metacal`)")
+                mcal_results.append(
+                    run_method(
+                        method,
+                        path,
+                        out / f"{name}_smoke-metacal_{split}.json",
+                        progress=advance,
+                        command="deconvbench demo",
+                        metacal=MetacalConfig(),
+                    )
+                )
+    print(
+        "Metacalibration on smoke-metacal (16 groups of 4 per split: σm is large at this size; "
+        "the full test is `deconvbench run --method NAME --metacal`)"
+    )
     print(metacal_table(mcal_results))
     note(f"result files in {out}/")

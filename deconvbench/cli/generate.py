@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,9 +14,9 @@ from ._common import progress_task
 def generate(
     card: str = typer.Argument(..., help="card name (see list-datasets) or path to a card TOML"),
     split: str = typer.Option(..., "--split", "-s", help="split to generate (e.g. train, val, test)"),
-    n: Optional[int] = typer.Option(None, "--n", help="generate only the first N stamps of the split"),
+    n: int | None = typer.Option(None, "--n", help="generate only the first N stamps of the split"),
     workers: int = typer.Option(1, "--workers", "-j", help="worker processes (output is identical for any value)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output HDF5 file (default: data dir, see README)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="output HDF5 file (default: data dir, see README)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Generate a dataset split from a card into one HDF5 file (atomic, checksummed)."""

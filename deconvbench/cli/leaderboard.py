@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
 from ..errors import DeconvbenchError
+from . import app
 
 
 @app.command()

@@ -21,7 +21,8 @@ def list_methods(
     options: bool = typer.Option(False, "--options", help="also show each method's constructor options and defaults"),
 ) -> None:
     """List registered deconvolvers (entry points) with their availability."""
-    from ..methods import list_methods as registered, method_options
+    from ..methods import list_methods as registered
+    from ..methods import method_options
     from ..tables import methods_table
 
     infos = registered()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,22 +13,32 @@ from ._common import command_line, note, parse_options, progress_task, warn
 @app.command()
 def run(
     method: list[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset HDF5 file"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing); "
-                                          "with --metacal default metacal-v1"),
-    split: Optional[str] = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
-    n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of each split"),
+    data: Path | None = typer.Option(None, "--data", help="dataset HDF5 file"),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="card name (generated if missing); with --metacal default metacal-v1"
+    ),
+    split: str | None = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
+    n: int | None = typer.Option(None, "--n", help="use only the first N stamps of each split"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
-    out: Optional[Path] = typer.Option(None, "--out", help="result JSON (one run) or directory (several runs); "
-                                       "default out/"),
-    save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="write estimates to this HDF5 file "
-                                                "(a directory when several runs)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="result JSON (one run) or directory (several runs); default out/"
+    ),
+    save_outputs: Path | None = typer.Option(
+        None, "--save-outputs", help="write estimates to this HDF5 file (a directory when several runs)"
+    ),
     option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
     resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
-    strict: bool = typer.Option(False, "--strict", help="exit non-zero if any stamp failed or the data file's "
-                                "content differs from its recorded checksum"),
-    metacal: bool = typer.Option(False, "--metacal", help="also run metacalibration: shear bias m, c, alpha and "
-                                 "metacal throughput (needs a constant-shear card, e.g. metacal-v1)"),
+    strict: bool = typer.Option(
+        False,
+        "--strict",
+        help="exit non-zero if any stamp failed or the data file's content differs from its recorded checksum",
+    ),
+    metacal: bool = typer.Option(
+        False,
+        "--metacal",
+        help="also run metacalibration: shear bias m, c, alpha and "
+        "metacal throughput (needs a constant-shear card, e.g. metacal-v1)",
+    ),
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
     workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
@@ -59,8 +68,10 @@ def run(
         raise UsageError(f"--n must be >= 1, got {n}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    files = [path for path, _ in resolve_run_files(data, dataset, split, n, workers, metacal,
-                                                    progress=progress_task, notify=note)]
+    files = [
+        path
+        for path, _ in resolve_run_files(data, dataset, split, n, workers, metacal, progress=progress_task, notify=note)
+    ]
     plans = plan_outputs(files, method, options, out, save_outputs, mcal_config)  # checks every output first
     command = command_line()
     instances: dict = {}
@@ -69,16 +80,28 @@ def run(
         if plan.method not in instances:
             instances[plan.method] = load_method(plan.method, **options.get(plan.method, {}))
         with progress_task(f"{plan.method} on {plan.tag}", plan.n) as advance:
-            result = run_method(instances[plan.method], plan.data, plan.result, batch_size=batch_size,
-                                save_outputs=plan.outputs, resume=resume, progress=advance, command=command,
-                                metacal=mcal_config)
+            result = run_method(
+                instances[plan.method],
+                plan.data,
+                plan.result,
+                batch_size=batch_size,
+                save_outputs=plan.outputs,
+                resume=resume,
+                progress=advance,
+                command=command,
+                metacal=mcal_config,
+            )
         failures = result["failures"]
         if failures["stamps_failed"]:
-            warn(f"{plan.method}: {failures['stamps_failed']} of {plan.n} stamps failed "
-                 f"(first: {failures['first_error']})")
+            warn(
+                f"{plan.method}: {failures['stamps_failed']} of {plan.n} stamps failed "
+                f"(first: {failures['first_error']})"
+            )
         if not result["dataset"]["checksum_verified"]:
-            warn(f"{plan.data}: content checksum {result['dataset']['checksum'][:12]}… differs from the checksum "
-                 f"recorded in the file ({result['dataset']['checksum_recorded'][:12]}…): the data were modified")
+            warn(
+                f"{plan.data}: content checksum {result['dataset']['checksum'][:12]}… differs from the checksum "
+                f"recorded in the file ({result['dataset']['checksum_recorded'][:12]}…): the data were modified"
+            )
         note(f"wrote {plan.result}")
         results.append(result)
     print(comparison_table(results))

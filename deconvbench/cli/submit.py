@@ -15,9 +15,11 @@ def submit(
     result: Path = typer.Argument(..., help="result JSON written by `deconvbench run`"),
     results_dir: Path = typer.Option(None, "--results-dir", help="default: results/ of this checkout"),
     replace: bool = typer.Option(False, "--replace", help="supersede an existing result of the same method"),
-    allow_failures: bool = typer.Option(False, "--allow-failures",
-                                        help="accept a result in which some (not all) stamps failed; "
-                                        "the leaderboard shows the count"),
+    allow_failures: bool = typer.Option(
+        False,
+        "--allow-failures",
+        help="accept a result in which some (not all) stamps failed; the leaderboard shows the count",
+    ),
 ) -> None:
     """Validate a result and add it to results/ (nothing changes if it is rejected)."""
     import json
