@@ -32,8 +32,11 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {what} {path}: cannot create its folder ({exc.strerror or exc})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {what} {path}: folder {parent} is not writable")
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or ACLs
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=".probe", dir=parent):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
     return path
 
 

@@ -56,6 +56,7 @@ def _interrupted() -> None:
     err_console.print(
         "interrupted: stopped before completion (nothing written under the final name; `run --resume` continues a run)",
         highlight=False,
+        soft_wrap=True,
     )
     sys.exit(EXIT_INTERRUPTED)
 

@@ -3,11 +3,18 @@
 Work is cut into chunks of groups; workers (processes) render chunks independently and
 the main process writes them in index order. Every stamp depends only on (card, split,
 index), so the output, and its checksum, is bit-identical for any ``workers``.
+
+Interruption: Ctrl-C/SIGTERM of the main process cancels the pending chunks, terminates
+the workers and removes the ``.partial`` file before re-raising. Workers also watch their
+parent: if it dies without cleaning up (``kill -9``), they exit within a second instead
+of rendering on as orphans.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -59,6 +66,32 @@ def render_chunk(card_json: str, split: str, first_group: int, n_groups: int) ->
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
+WATCH_PARENT_SECONDS = 0.5
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit as soon as the parent process is gone (no orphans)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(WATCH_PARENT_SECONDS)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel pending chunks and terminate the workers now (on interruption or error)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+
+
 def file_attrs(card: DatasetCard, split: str, n: int) -> dict:
     return {
         "card_name": card.name,
@@ -105,7 +138,10 @@ def generate(
                     progress(len(arrays["params"]))
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
+            try:
                 pending: deque = deque()
                 todo = iter(chunks)
                 for first, count in todo:  # keep a bounded window of chunks in flight
@@ -120,6 +156,10 @@ def generate(
                     writer.write(arrays)
                     if progress:
                         progress(len(arrays["params"]))
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
         checksum = writer.close()
     seconds = time.perf_counter() - start
     out = Path(out)
