@@ -38,10 +38,9 @@ from .errors import DataError, OutputError, UsageError
 from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
 from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
+from .results_schema import SCHEMA_VERSION
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import CONTENT_KEYS, ContentHasher, open_dataset
-
-SCHEMA_VERSION = 1
 
 STATUS_OK, STATUS_RAISED, STATUS_BAD_SHAPE, STATUS_NONFINITE = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_RAISED: "raised", STATUS_BAD_SHAPE: "wrong_shape", STATUS_NONFINITE: "nonfinite"}

@@ -20,8 +20,8 @@ from tabulate import tabulate
 from .atomic import atomic_write
 from .cards import expected_checksum, load_card
 from .errors import CardError, DeconvbenchError
-from .harness import SCHEMA_VERSION
 from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT, requirement_verdict
+from .results_schema import SCHEMA_VERSION, validation_problem
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 MARKUP_RE = re.compile(r"[<>|`\[\]\n\r\\*]|https?:|javascript:", re.IGNORECASE)
@@ -90,6 +90,9 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
         raise SubmissionError("a result must be a JSON object")
     if _require(data, "schema_version") != SCHEMA_VERSION:
         raise SubmissionError(f"schema_version must be {SCHEMA_VERSION}")
+    problem = validation_problem(data)  # the typed schema (deconvbench/result.schema.json)
+    if problem:
+        raise SubmissionError(problem)
     failed, total = stamps_failed(data), _require(data, "dataset.n")
     first = (data.get("failures") or {}).get("first_error")
     if isinstance(total, int) and failed >= total > 0:
