@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from deconvbench.methods import MethodError, load_method
-
-from ._data import generate_split, load_batch
+from ._data import benchmarked_method, generate_split, load_batch
 
 METHODS = ["fft", "wiener", "richardson-lucy", "deconvnet-jax", "deconvnet-torch"]
 
@@ -18,10 +16,7 @@ class Deconvolve:
         return generate_split("smoke", "test")
 
     def setup(self, path, batch_size, method):
-        try:
-            self.method = load_method(method)
-        except MethodError as exc:  # e.g. an extra that is not installed
-            raise NotImplementedError(str(exc)) from exc
+        self.method = benchmarked_method(method)
         self.batch = load_batch(path, batch_size)
         self.method.deconvolve(self.batch)  # warm-up (JIT compilation, thread pools)
 

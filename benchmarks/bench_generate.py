@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,9 @@ class Generate:
     def setup(self, card):
         self.card = load_card(card)
         self.folder = Path(tempfile.mkdtemp(prefix="deconvbench-asv-gen-"))
+
+    def teardown(self, card):
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def time_generate_256(self, card):
         generate(self.card, "test", self.folder / "out.h5", n=256, workers=1)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from deconvbench.metacal.measure import MetacalConfig, measure_batch
-from deconvbench.methods import load_method
 
-from ._data import generate_split, load_batch
+from ._data import benchmarked_method, generate_split, load_batch
 
 
 class MetacalBatched:
@@ -17,7 +16,7 @@ class MetacalBatched:
         return generate_split("smoke-metacal", "snr50")
 
     def setup(self, path):
-        self.fft = load_method("fft")
+        self.fft = benchmarked_method("fft")
         self.batch = load_batch(path, 256)
         self.config = MetacalConfig()
 
@@ -37,7 +36,7 @@ class MetacalGalsim:
         return generate_split("smoke-metacal", "snr50")
 
     def setup(self, path):
-        self.method = load_method("galsim-mcal")
+        self.method = benchmarked_method("galsim-mcal")
         self.batch = load_batch(path, 8)
         self.config = MetacalConfig()
 

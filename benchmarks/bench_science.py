@@ -7,9 +7,8 @@ from pathlib import Path
 
 from deconvbench.harness import run_method
 from deconvbench.metacal.measure import MetacalConfig
-from deconvbench.methods import MethodError, load_method
 
-from ._data import generate_split
+from ._data import benchmarked_method, generate_split
 
 
 class FFTMetacalBias:
@@ -21,8 +20,8 @@ class FFTMetacalBias:
 
     def setup_cache(self):
         path = generate_split("smoke-metacal", "noiseless")
-        out = Path(tempfile.mkdtemp(prefix="deconvbench-asv-")) / "fft.json"
-        return run_method(load_method("fft"), path, out, metacal=MetacalConfig())["metacal"]
+        out = Path(path).parent / "fft.json"
+        return run_method(benchmarked_method("fft"), path, out, metacal=MetacalConfig())["metacal"]
 
     def track_fft_noiseless_m(self, block):
         return block["m"]
@@ -43,11 +42,8 @@ class SmokeNMSE:
         return generate_split("smoke", "test")
 
     def setup(self, path, method):
-        try:
-            self.method = load_method(method)
-        except MethodError as exc:
-            raise NotImplementedError(str(exc)) from exc
+        self.method = benchmarked_method(method)
 
     def track_mean_nmse(self, path, method):
-        out = Path(tempfile.mkdtemp(prefix="deconvbench-asv-")) / "r.json"
-        return run_method(self.method, path, out)["metrics"]["overall"]["nmse"]["mean"]
+        with tempfile.TemporaryDirectory(prefix="deconvbench-asv-") as folder:
+            return run_method(self.method, path, Path(folder) / "r.json")["metrics"]["overall"]["nmse"]["mean"]

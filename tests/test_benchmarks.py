@@ -38,3 +38,37 @@ def test_benchmark_modules_define_benchmarks():
         sys.path.remove(str(REPO))
     for prefix in ("time_", "peakmem_", "track_"):
         assert any(n.startswith(prefix) for n in names), prefix
+
+
+def _bench(module: str):
+    import importlib
+
+    sys.path.insert(0, str(REPO))
+    try:
+        return importlib.import_module(f"benchmarks.{module}")
+    finally:
+        sys.path.remove(str(REPO))
+
+
+def test_benchmark_data_stays_in_the_working_folder(tmp_path, monkeypatch):
+    """asv removes its working folder after the benchmarks: nothing may be written elsewhere."""
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    before = set(Path(tempfile.gettempdir()).glob("deconvbench-asv-*"))
+    path = Path(_bench("_data").generate_split("smoke", "test", n=8))
+    assert path.is_relative_to(tmp_path) and path.exists()
+    generate = _bench("bench_generate").Generate()
+    generate.setup("ground-v1")
+    assert generate.folder.exists()
+    generate.teardown("ground-v1")
+    assert not generate.folder.exists()
+    assert set(Path(tempfile.gettempdir()).glob("deconvbench-asv-*")) == before
+
+
+def test_a_missing_benchmarked_method_fails_loudly():
+    data = _bench("_data")
+    with pytest.raises(RuntimeError, match="benchmarked method 'no-such-method' is missing"):
+        data.benchmarked_method("no-such-method")
+    with pytest.raises(RuntimeError, match="missing"):
+        _bench("bench_deconvolve").Deconvolve().setup("unused", 256, "no-such-method")
