@@ -38,7 +38,7 @@ def test_both_frameworks_give_the_same_estimates(smoke_test_file):
     jax_out = load_method("deconvnet-jax").deconvolve(batch)
     torch_out = load_method("deconvnet-torch").deconvolve(batch)
     scale = np.abs(torch_out).max(axis=(1, 2), keepdims=True)
-    assert np.max(np.abs(jax_out - torch_out) / scale) < 1e-4
+    assert np.max(np.abs(jax_out - torch_out) / scale) < 1e-5  # measured 3.1e-6 (float32 in both)
 
 
 def test_shipped_weights_beat_wiener_on_the_smoke_test_split(smoke_test_file, tmp_path):
@@ -48,6 +48,9 @@ def test_shipped_weights_beat_wiener_on_the_smoke_test_split(smoke_test_file, tm
         assert result["failures"]["stamps_failed"] == 0
         nmse[name] = result["metrics"]["overall"]["nmse"]["mean"]
     assert nmse["deconvnet-torch"] < nmse["wiener"], nmse
+    # pinned to the measured values (the shipped weights and the published smoke split are fixed)
+    assert nmse["deconvnet-torch"] == pytest.approx(0.0319212, rel=1e-4)
+    assert nmse["wiener"] == pytest.approx(0.2429238, rel=1e-6)
 
 
 def test_cli_training_on_the_smoke_set_lowers_the_loss(smoke_train_data, tmp_path):

@@ -55,6 +55,11 @@ def _group_norm(config: DeconvNetConfig, channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
+    """Pre-activation residual block at one resolution: h + conv(silu(norm(conv(silu(FiLM(norm(h))))))).
+
+    FiLM conditioning (per-channel scale 1 + γ and shift β from the PSF/noise code ``cond``,
+    zero-initialised so a fresh block starts as the identity). Input and output (B, width, H, W)."""
+
     def __init__(self, config: DeconvNetConfig, width: int):
         super().__init__()
         self.width = width
@@ -82,6 +87,8 @@ class ResBlock(nn.Module):
 
 
 class PSFBlock(nn.Module):
+    """Residual block of the PSF encoder (two 3×3 convolutions, no normalisation)."""
+
     def __init__(self, width: int):
         super().__init__()
         self.conv1 = _conv(width, width)
@@ -92,6 +99,9 @@ class PSFBlock(nn.Module):
 
 
 class PSFEncoder(nn.Module):
+    """Encodes the PSF stamp (cropped/padded to ``psf_size`` pixels around (n//2, n//2))
+    into one pooled feature vector per U-Net level: a list of (B, psf_width·2**level)."""
+
     def __init__(self, config: DeconvNetConfig):
         super().__init__()
         self.depth = config.depth
@@ -114,6 +124,9 @@ class PSFEncoder(nn.Module):
 
 
 class CondMLP(nn.Module):
+    """Two-layer MLP mapping the pooled PSF features (+ log noise) of one level to its
+    conditioning code (B, cond_dim)."""
+
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.dense1 = _dense(c_in, c_out)
@@ -124,6 +137,8 @@ class CondMLP(nn.Module):
 
 
 class EncoderLevel(nn.Module):
+    """``blocks_per_scale`` conditioned residual blocks at one resolution of the encoder."""
+
     def __init__(self, config: DeconvNetConfig, width: int):
         super().__init__()
         self.n_blocks = config.blocks_per_scale
@@ -137,6 +152,9 @@ class EncoderLevel(nn.Module):
 
 
 class DecoderLevel(nn.Module):
+    """Decoder level: nearest ×2 upsampling + 3×3 conv, concatenation with the encoder's
+    skip, 1×1 merge, then ``blocks_per_scale`` conditioned residual blocks."""
+
     def __init__(self, config: DeconvNetConfig, width: int, width_below: int):
         super().__init__()
         self.n_blocks = config.blocks_per_scale
@@ -154,6 +172,14 @@ class DecoderLevel(nn.Module):
 
 
 class DeconvNetTorch(nn.Module):
+    """PSF-conditioned residual U-Net mapping a normalised observed stamp to the normalised
+    truth estimate (galaxy ⊗ target PSF ⊗ pixel, see ``normalise.py``).
+
+    ``forward(x, psf, noise)``: ``x`` and ``psf`` (B, n, n), ``noise`` (B,) (log10 of the
+    normalised noise σ) → (B, n, n). Stamps are zero-padded to a multiple of
+    2**(depth−1) and cropped back; with ``global_residual`` the network predicts a
+    correction added to ``x``. Same module names as the flax model (``jax_model.py``)."""
+
     def __init__(self, config: DeconvNetConfig):
         super().__init__()
         self.config = config
