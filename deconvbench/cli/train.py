@@ -44,20 +44,8 @@ def train(
             raise UsageError(f"--framework must be one of jax, torch, got {framework!r}")
         method = f"deconvnet-{framework}"
     request = TrainingRequest(
-        dataset=dataset,
-        out=out,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        resume=resume,
-        patience=patience,
-        augment=augment,
-        seed=seed,
-        n_train=n_train,
-        n_val=n_val,
-        threads=threads,
-        workers=workers,
-        command=command_line(),
-        model_options={} if width is None else {"width": width},
-    )
+        dataset=dataset, out=out, epochs=epochs, batch_size=batch_size, lr=lr, resume=resume, patience=patience,
+        augment=augment, seed=seed, n_train=n_train, n_val=n_val, threads=threads, workers=workers,
+        command=command_line(), model_options={} if width is None else {"width": width},
+    )  # fmt: skip
     print(train_method(method, request, progress=progress_task, notify=note))
