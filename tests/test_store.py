@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -90,22 +88,6 @@ def test_failed_generation_leaves_no_file(tmp_path, monkeypatch):
         generate(card, "test", out)
     assert not out.exists()
     assert not list(tmp_path.iterdir())
-
-
-def test_killed_generation_leaves_no_final_file(tmp_path):
-    out = tmp_path / "killed.h5"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deconvbench.cli", "generate", "smoke", "--split", "train", "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    partial = tmp_path / "killed.h5.partial"
-    deadline = time.time() + 60
-    while not partial.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists()
 
 
 def test_card_errors_name_the_field(tmp_path):

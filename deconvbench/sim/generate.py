@@ -6,8 +6,8 @@ index), so the output, and its checksum, is bit-identical for any ``workers``.
 
 Interruption: Ctrl-C/SIGTERM of the main process cancels the pending chunks, terminates
 the workers and removes the ``.partial`` file before re-raising. Workers also watch their
-parent: if it dies without cleaning up (``kill -9``), they exit within a second instead
-of rendering on as orphans.
+parent: if it dies without cleaning up (``kill -9``), they exit at their next check
+(every ``WATCH_PARENT_SECONDS``) instead of rendering on as orphans.
 """
 
 from __future__ import annotations
