@@ -57,9 +57,25 @@ def wait_forever(task: tuple[int, str]) -> int:
     return x
 
 
+def live_workers() -> list:
+    """Live child processes of this one, except multiprocessing's resource tracker (which
+    lives as long as its parent, by design)."""
+    import psutil
+
+    live = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                live.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return live
+
+
 def client_main(argv: list[str]) -> int:
     """A client that the tests interrupt: ``KIND WORKERS FOLDER``; exits 130 on Ctrl-C/SIGTERM
-    the way the command line does."""
+    the way the command line does, after saying how many worker processes the executor's
+    shutdown left alive."""
     from deconvbench.execution import ExecutorSpec, make_executor
 
     kind, workers, folder = argv[0], int(argv[1]), argv[2]
@@ -68,7 +84,7 @@ def client_main(argv: list[str]) -> int:
             for _ in executor.imap_ordered(wait_forever, [(i, folder) for i in range(8)]):
                 pass
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted; worker processes left: {len(live_workers())}", file=sys.stderr)
         return 130
     return 0
 
