@@ -199,3 +199,33 @@ def test_sigterm_becomes_terminated_inside_the_context_and_is_restored_after():
             time.sleep(5)
     assert isinstance(info.value, KeyboardInterrupt) and info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# -- an existing cluster, reached through its scheduler file ------------------------------
+@needs_dask
+def test_a_remote_cluster_through_its_scheduler_file(tmp_path):
+    """``dask scheduler`` + ``dask worker`` as separate processes (what a SLURM job runs); the
+    worker without a nanny, so that only the executor's plugin can cap its threads."""
+    scheduler_file = tmp_path / "scheduler.json"
+    dask_cli = [sys.executable, "-m"]
+    common = dict(cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = subprocess.Popen(dask_cli + ["distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
+                                             "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], **common)
+    worker = subprocess.Popen(dask_cli + ["distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
+                                          "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+                              env={**os.environ, "OMP_NUM_THREADS": "4"}, **common)
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline and scheduler.poll() is None, "scheduler did not start"
+            time.sleep(0.1)
+        with make_executor(dask_spec(1, scheduler_file=scheduler_file)) as executor:
+            executor.client.wait_for_workers(1, timeout=60)
+            assert executor.map_ordered(tasks.square, range(24)) == SQUARES
+            # the worker was started with 4 OpenMP threads; the executor's plugin capped it at 1
+            assert executor.map_ordered(tasks.thread_settings, [0]) == [("1", 1)]
+        assert scheduler.poll() is None and worker.poll() is None  # a remote cluster is not ours to stop
+    finally:
+        for proc in (worker, scheduler):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
