@@ -82,6 +82,10 @@ def test_results_in_task_order_with_a_bounded_window(spec):
         assert next(stream) == (0, 0)
         assert len(consumed) <= 4  # the window (3) plus the refill after the first result
         assert list(stream) == SQUARES[1:]
+        abandoned = executor.imap_ordered(tasks.square, range(100, 124), max_in_flight=3)
+        assert next(abandoned) == (100, 10000)
+        abandoned.close()  # a caller that stops early leaves nothing behind for the next map
+        assert executor.map_ordered(tasks.square, range(24)) == SQUARES
 
 
 @needs_dask

@@ -74,7 +74,6 @@ class DaskExecutor(Executor):
         self.retries = retries
         self.cluster = None
         self.client = None
-        self._in_flight: deque = deque()
 
     @property
     def remote(self) -> bool:
@@ -109,10 +108,7 @@ class DaskExecutor(Executor):
         client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         try:
             if client is not None:
-                if self._in_flight:
-                    client.cancel(list(self._in_flight), force=True)
-                    self._in_flight.clear()
-                client.close(timeout=CLOSE_TIMEOUT_SECONDS)
+                client.close(timeout=CLOSE_TIMEOUT_SECONDS)  # cancels this client's tasks
         finally:
             if cluster is not None:
                 cluster.close(timeout=CLOSE_TIMEOUT_SECONDS)
@@ -122,7 +118,7 @@ class DaskExecutor(Executor):
         self.start()
         run = f"{getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
         todo = enumerate(tasks)
-        in_flight = self._in_flight
+        in_flight: deque = deque()
 
         def fill() -> None:
             while len(in_flight) < window:
@@ -132,15 +128,19 @@ class DaskExecutor(Executor):
                 index, task = item
                 in_flight.append(self.client.submit(fn, task, key=f"{run}-{index}", pure=False, retries=0))
 
-        fill()
-        while in_flight:
-            try:
-                result = in_flight[0].result()
-            except distributed.KilledWorker as exc:
-                raise WorkerLostError(f"task {in_flight[0].key} lost its worker too often: {exc}") from None
-            in_flight.popleft().release()
+        try:
             fill()
-            yield result
+            while in_flight:
+                try:
+                    result = in_flight[0].result()
+                except distributed.KilledWorker as exc:
+                    raise WorkerLostError(f"task {in_flight[0].key} lost its worker too often: {exc}") from None
+                in_flight.popleft().release()
+                fill()
+                yield result
+        finally:  # an error, an interrupt or a caller that stopped early: drop the rest
+            if in_flight and self.client is not None:
+                self.client.cancel(list(in_flight), force=True)
 
 
 def _getpid() -> int:

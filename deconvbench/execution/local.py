@@ -115,14 +115,18 @@ class LocalExecutor(Executor):
                     future.set_exception(BrokenProcessPool("pool broke during submit"))
                 in_flight.append(_InFlight(index, task, future))
 
-        fill()
-        while in_flight:
-            head = in_flight[0]
-            try:
-                result = head.future.result()
-            except BrokenProcessPool:
-                self._resubmit_lost(fn, in_flight)
-                continue
-            in_flight.popleft()
-            fill()  # keep the workers busy while the caller handles the result
-            yield result
+        try:
+            fill()
+            while in_flight:
+                head = in_flight[0]
+                try:
+                    result = head.future.result()
+                except BrokenProcessPool:
+                    self._resubmit_lost(fn, in_flight)
+                    continue
+                in_flight.popleft()
+                fill()  # keep the workers busy while the caller handles the result
+                yield result
+        finally:  # an error, an interrupt or a caller that stopped early: drop what has not started
+            for entry in in_flight:
+                entry.future.cancel()
