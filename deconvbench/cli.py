@@ -387,21 +387,24 @@ def leaderboard(
     out: Path = typer.Option(None, "--out", help="default: leaderboard.md of this checkout"),
     check: bool = typer.Option(False, "--check", help="exit non-zero if the file is not what results/ implies"),
 ) -> None:
-    """Regenerate leaderboard.md from results/ (deterministic)."""
+    """Regenerate leaderboard.md and leaderboard.html (beside it) from results/ (deterministic)."""
     from .leaderboard import render_leaderboard
+    from .report.leaderboard_html import render_leaderboard_html
 
-    text = render_leaderboard(results_dir or _repo_file("results"))
+    source = results_dir or _repo_file("results")
     target = out or _repo_file("leaderboard.md")
-    if check:
-        current = target.read_text() if target.exists() else ""
-        if current != text:
-            raise DeconvbenchError(f"{target} is out of date with the results (run `deconvbench leaderboard`)")
-        print(f"{target} is up to date")
-        return
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
-    print(f"wrote {target}")
+    pages = {target: render_leaderboard(source), target.with_suffix(".html"): render_leaderboard_html(source)}
+    for path, text in pages.items():
+        if check:
+            current = path.read_text() if path.exists() else ""
+            if current != text:
+                raise DeconvbenchError(f"{path} is out of date with the results (run `deconvbench leaderboard`)")
+            print(f"{path} is up to date")
+            continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(f"wrote {path}")
 
 
 @app.command("record-checksum")
