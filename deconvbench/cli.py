@@ -661,7 +661,10 @@ def report(
     gallery_stamps: int = typer.Option(3, "--gallery-stamps", help="stamps per gallery (different SNR levels)"),
 ) -> None:
     """Write one self-contained HTML page with figures from the result files."""
-    from .report.page import build_report
+    try:
+        from .report.page import build_report
+    except ImportError as exc:
+        raise DeconvbenchError(f"the report needs matplotlib (pip install 'deconvbench[plots]'): {exc}") from None
 
     if gallery_stamps < 1:
         raise DeconvbenchError(f"--gallery-stamps must be >= 1, got {gallery_stamps}")
