@@ -66,9 +66,21 @@ def test_report_from_committed_results_without_gallery(tmp_path):
         assert path.name in page
     assert page.count("<h3>Failures</h3>") == 3 and "Pareto front" in page
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in made.figures)
-    # deterministic: the same results give the same bytes
-    again = build_report(REPO / "results", tmp_path / "b", gallery=False)
-    assert again.path.read_bytes() == made.path.read_bytes()
+
+
+def _space_results(tmp_path) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in (REPO / "results").glob("space-v1-*.json"):
+        shutil.copy(path, results / path.name)
+    return results
+
+
+def test_report_is_deterministic(tmp_path):
+    results = _space_results(tmp_path)
+    first = build_report(results, tmp_path / "a", gallery=False)
+    again = build_report(results, tmp_path / "b", gallery=False)
+    assert len(first.figures) == 2 and again.path.read_bytes() == first.path.read_bytes()
 
 
 def test_report_leaves_matplotlib_global_state_alone(tmp_path):
@@ -78,7 +90,7 @@ def test_report_leaves_matplotlib_global_state_alone(tmp_path):
         "def params(): return {k: dict.__getitem__(matplotlib.rcParams, k) for k in matplotlib.rcParams}\n"
         "before = params()\n"
         "from deconvbench.report.page import build_report\n"
-        f"build_report({str(REPO / 'results')!r}, {str(tmp_path)!r}, gallery=False)\n"
+        f"build_report({str(_space_results(tmp_path))!r}, {str(tmp_path / 'out')!r}, gallery=False)\n"
         "assert params() == before\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
@@ -138,3 +150,15 @@ def test_cli_report_on_a_partial_results_folder(tmp_path):
                                  "--no-gallery"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "2 figures, 1 sections" in proc.stdout and (tmp_path / "out" / "report.html").exists()
+
+
+def test_gallery_of_results_for_another_card_version_is_a_note_not_a_crash(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((REPO / "results" / "space-v1-v1_test_wiener.json").read_text())
+    data["dataset"]["version"] = "999"
+    (results / "old.json").write_text(json.dumps(data))
+    made = build_report(results, tmp_path / "out", gallery=True)
+    assert made.notes == ["no gallery for space-v1 v999 — test: card space-v1 is now version 1, the results are "
+                          "for version 999"]
+    assert "no gallery for space-v1 v999" in made.path.read_text() and len(made.figures) == 2

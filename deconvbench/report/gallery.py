@@ -49,7 +49,7 @@ def gallery_stamps(card_name: str, version: str, split: str, method_names: list[
     card = load_card(card_name)
     if str(card.version) != str(version):
         raise DeconvbenchError(f"card {card_name} is now version {card.version}, the results are for "
-                               f"version {version}: no gallery")
+                               f"version {version}")
     n = min(pool, card.split(split).n)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{card_name}_{split}_first{n}.h5"

@@ -22,7 +22,6 @@ from ..metacal.measure import C_REQUIREMENT, M_REQUIREMENT
 from . import figures
 from .collect import (Section, alpha_points, bias_series, display_name, failure_rows, load_sections, metric_series,
                       pareto_front, speed_points)
-from .gallery import gallery_stamps
 
 RESIDUAL_FRACTION = 0.25
 
@@ -152,6 +151,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, gallery: bool = T
 
 
 def _gallery_html(section: Section, count: int, colours: dict, figure, report: Report, instances: dict) -> str:
+    from .gallery import gallery_stamps  # rendering and methods: imported only when a gallery is drawn
+
     methods = sorted({r["method"]["name"] for r in section.results})
     parts = ["<h3>Gallery</h3>"]
     try:
