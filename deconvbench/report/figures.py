@@ -103,9 +103,10 @@ def bias_vs_snr(m: dict, c: dict, alpha: dict, colours: dict, m_floor: float | N
     return to_png(fig)
 
 
-def pareto(points: list[dict], front: list[int], colours: dict, error_label: str, speed_label: str) -> bytes:
-    """Error against throughput (both log scale), the Pareto front as a step line."""
-    fig = Figure(figsize=(6.5, 4.6), layout="constrained")
+def pareto(points: list[dict], fronts: list[list[int]], colours: dict, error_label: str, speed_label: str) -> bytes:
+    """Error against throughput (both log scale); each Pareto front (one per split: errors
+    of different splits are not comparable) as a dashed step line through circled points."""
+    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     splits = sorted({p["split"] for p in points})
     markers = dict(zip(splits, "osD^v<>ph"))
@@ -114,16 +115,17 @@ def pareto(points: list[dict], front: list[int], colours: dict, error_label: str
             label = name if len(splits) == 1 else f"{name} ({p['split']})"
             ax.errorbar(p["speed"], p["error"], yerr=p["error_err"] if p["error_err"] else None, fmt=markers[p["split"]],
                         color=colours[name], ms=8, capsize=3, label=label)
-    if front:
+    for k, front in enumerate(f for f in fronts if f):
         xs, ys = [points[i]["speed"] for i in front], [points[i]["error"] for i in front]
-        ax.step(xs, ys, where="post", color="k", lw=1, ls="--", label="Pareto front")
+        ax.step(xs, ys, where="post", color="k", lw=1, ls="--",
+                label=("Pareto front" + (" (per split)" if len(splits) > 1 else "")) if k == 0 else None)
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(speed_label)
     ax.set_ylabel(error_label)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return to_png(fig)
 
 
