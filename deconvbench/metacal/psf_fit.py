@@ -19,6 +19,8 @@ pixels (change of the FWHM < 1e-6 relative).
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..fourier import FWHM_PER_SIGMA
@@ -60,8 +62,24 @@ def reconv_fwhm(psf_images, pixel_scale: float, step: float = 0.01) -> np.ndarra
     """FWHM (arcsec) of the round reconvolution Gaussian Γ (ngmix "fitgauss", see the
     module docstring): ``2.3548 · sqrt(T·d/2) · (1 + 2|step|) · pixel_scale``. (B,), NaN
     where the PSF fit fails."""
-    res = adaptive_moments(psf_images, crop=PSF_FIT_CROP)
+    images = np.asarray(psf_images, dtype=np.float64)
+    if images.ndim == 2:
+        images = images[None]
+    first, inverse = unique_stamps(images)
+    res = adaptive_moments(images[first], crop=PSF_FIT_CROP)
     ok = res["flags"] == 0
     d = ellipticity_dilation(res["Ixx"], res["Iyy"], res["Ixy"])
     sigma = np.sqrt(res["T"] * d / 2.0)
-    return np.where(ok, FWHM_PER_SIGMA * sigma * (1.0 + 2.0 * abs(step)) * pixel_scale, np.nan)
+    return np.where(ok, FWHM_PER_SIGMA * sigma * (1.0 + 2.0 * abs(step)) * pixel_scale, np.nan)[inverse]
+
+
+def unique_stamps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first occurrence of each distinct stamp (bit-identical pixels) and
+    the map back, ``images[first][inverse] == images``: stamps of a group share their PSF
+    image, which is then fitted once."""
+    keys = [hashlib.sha1(np.ascontiguousarray(stamp).tobytes()).digest() for stamp in images]
+    index: dict[bytes, int] = {}
+    inverse = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+    first = np.zeros(len(index), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(images))[::-1]
+    return first, inverse
