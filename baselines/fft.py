@@ -21,7 +21,7 @@ import numpy as np
 
 from deconvbench.methods import Batch
 
-from . import _fourier as F
+from deconvbench import fourier as F
 
 
 def cut_window(otf: np.ndarray, threshold: float, cut: str) -> np.ndarray:

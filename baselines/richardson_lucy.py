@@ -55,7 +55,7 @@ import numpy as np
 
 from deconvbench.methods import Batch
 
-from . import _fourier as F
+from deconvbench import fourier as F
 
 DAMPING_POWER = 10  # K of White's damping function
 FLOOR = 1e-12  # positivity floor of data and model, relative to the stamp's peak |y|

@@ -1,6 +1,7 @@
 """Wiener deconvolution to the target PSF with a parametric galaxy power spectrum.
 
-Model, per stamp (unnormalised DFTs on the zero-padded N×N grid, see ``_fourier``)::
+Model, per stamp (unnormalised DFTs on the zero-padded N×N grid, see
+:mod:`deconvbench.fourier`)::
 
     I~(k) = P~(k) G~(k) + Ñ(k),      truth~(k) = T~(k) G~(k)
 
@@ -54,7 +55,7 @@ from scipy.optimize import least_squares
 
 from deconvbench.methods import Batch
 
-from . import _fourier as F
+from deconvbench import fourier as F
 
 MODELS = ("powerlaw", "gaussian")
 
@@ -69,16 +70,11 @@ def log_galaxy_power_shape(k: np.ndarray, r0: float, beta: float, model: str = "
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
-def galaxy_power_shape(k: np.ndarray, r0: float, beta: float, model: str = "powerlaw") -> np.ndarray:
-    """Normalised galaxy power spectrum s(k) (s(0) = 1; may underflow to 0 at large k)."""
-    return np.exp(log_galaxy_power_shape(k, r0, beta, model))
-
-
 def radial_average(field: np.ndarray, N: int, nbins: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Average of a real field on the (N, N//2+1) rfft grid in ``nbins`` bins of |f| in
     (0, 0.5] cycles/pixel (k = 0 and the corners beyond Nyquist are left out); each
     rfft column that stands for two DFT modes counts twice. Returns (bin centres, means)."""
-    f = F.radial_freq(N)
+    f = F.radial_wavenumber(N, 1.0) / (2.0 * math.pi)  # cycles/pixel
     weight = np.full(f.shape, 2.0)
     weight[:, 0] = 1.0
     if N % 2 == 0:
@@ -176,7 +172,7 @@ class WienerDeconvolver:
 
     def log_signal_shape(self, N: int, pixel_scale_arcsec: float) -> np.ndarray:
         """log s(k) on the (N, N//2+1) rfft grid of a stamp with the given pixel scale."""
-        k = 2.0 * math.pi * F.radial_freq(N) / float(pixel_scale_arcsec)
+        k = F.radial_wavenumber(N, float(pixel_scale_arcsec))
         return log_galaxy_power_shape(k, self.r0_arcsec, self.beta, self.model)
 
     def deconvolve(self, batch: Batch) -> np.ndarray:

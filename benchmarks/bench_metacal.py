@@ -42,3 +42,34 @@ class MetacalGalsim:
 
     def time_metacal_galsim_8(self, path):
         measure_batch(self.method, self.batch, None, self.config)
+
+
+class MetacalOffsets:
+    """fft + metacal on 64 noiseless stamps of metacal-offsets (galaxies up to ±1 px off
+    centre): the bias must stay at the estimator's floor (track), and its time."""
+
+    timeout = 300
+
+    def setup_cache(self):
+        return generate_split("metacal-offsets", "noiseless", n=64)
+
+    def setup(self, path):
+        self.fft = load_method("fft")
+        self.path = path
+        self.batch = load_batch(path, 64)
+        self.config = MetacalConfig()
+
+    def time_metacal_fft_offsets_64(self, path):
+        measure_batch(self.fft, self.batch, self.fft.deconvolve(self.batch), self.config)
+
+    def track_m_fft_offsets_noiseless(self, path):
+        import tempfile
+        from pathlib import Path
+
+        from deconvbench.harness import run_method
+
+        with tempfile.TemporaryDirectory() as folder:
+            result = run_method(self.fft, path, Path(folder) / "r.json", batch_size=64, metacal=self.config)
+        return result["metacal"]["m"]
+
+    track_m_fft_offsets_noiseless.unit = "m"

@@ -175,6 +175,11 @@ class SplitSpec(_Strict):
     description: str = ""
 
 
+#: largest galaxy offset (pixels, per axis) of a metacal card: the centring of the metacal
+#: step is tested up to this offset
+METACAL_MAX_OFFSET_PIXELS = 1.0
+
+
 class DatasetCard(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: str = Field(pattern=r"^[0-9]+(\.[0-9]+)*$")
@@ -195,6 +200,13 @@ class DatasetCard(_Strict):
             for name, split in self.splits.items():
                 if split.n % 4:
                     raise ValueError(f"splits.{name}.n must be a multiple of 4 (groups of 4)")
+            if self.stamp.max_offset_pixels > METACAL_MAX_OFFSET_PIXELS:
+                raise ValueError(f"stamp.max_offset_pixels must be <= {METACAL_MAX_OFFSET_PIXELS} for a metacal "
+                                 f"card (the range the metacal step is validated for), got "
+                                 f"{self.stamp.max_offset_pixels}")
+        if self.stamp.max_offset_pixels > self.stamp.size / 8:
+            raise ValueError(f"stamp.max_offset_pixels must be <= stamp.size/8 = {self.stamp.size / 8:g} "
+                             f"(the galaxy must stay well inside the stamp), got {self.stamp.max_offset_pixels}")
         if self.stamp.target_psf_fwhm_arcsec < self.stamp.pixel_scale_arcsec:
             raise ValueError("stamp.target_psf_fwhm_arcsec must be at least one pixel")
         seeds = [s.seed for s in self.splits.values()]

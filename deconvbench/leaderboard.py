@@ -129,7 +129,8 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
     if split not in card.splits:
         raise SubmissionError(f"card {card.name} has no split {split!r}")
     n = _require(data, "dataset.n")
-    expected = expected_checksum(card, split, n)
+    streaming = (data.get("metacal") or {}).get("mode") == "streaming-bias"  # deconvbench.bias: stream digest
+    expected = expected_checksum(card, f"{split}:stream" if streaming else split, n)
     if expected is None:
         raise SubmissionError(f"no published checksum for {card.name}/{split} with n={n} (see datasets/checksums.json)")
     if _require(data, "dataset.checksum") != expected:
@@ -159,7 +160,7 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
 def _variant(data: dict) -> str:
     """Suffix distinguishing runs of one method on one split (metacal options)."""
     block = data.get("metacal") or {}
-    parts = []
+    parts = ["bias"] if block.get("mode") == "streaming-bias" else []
     if block.get("estimator", "wmom") != "wmom":
         parts.append(str(block["estimator"]))
     if block.get("fixnoise"):

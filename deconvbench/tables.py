@@ -203,3 +203,20 @@ def datasets_table(cards) -> str:
             ]
         )
     return tabulate(rows, headers=["card", "version", "kind", "stamp", "pixel [arcsec]", "PSF families", "splits"])
+
+
+def bias_table(result: dict) -> str:
+    """The per-SNR table of a streaming bias result (``deconvbench bias``)."""
+    block = result["metacal"]
+    rows = [
+        [
+            label,
+            s["n"],
+            f"{s['m']:+.3e} ± {s['m_err']:.1e}",
+            f"{s['c']:+.2e} ± {s['c_err']:.1e}",
+            f"{block['truth_floor']['by_snr'][label]['m']:+.3e}",
+            f"{s['R11']:.4f}",
+        ]
+        for label, s in block["by_snr"].items()
+    ]
+    return tabulate(rows, headers=["SNR", "N", "m ± σm", "c ± σc", "m floor (truth)", "<R11>"])

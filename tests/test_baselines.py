@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deconvbench.methods import Batch, Deconvolver, load_method
-from deconvbench_baselines import _fourier as F
+from deconvbench import fourier as F
 from deconvbench_baselines.fft import FFTDeconvolver
 from deconvbench_baselines.richardson_lucy import RichardsonLucyDeconvolver
 from deconvbench_baselines.wiener import WienerDeconvolver

@@ -23,7 +23,7 @@ from deconvbench.metrics import (
     stamp_metrics,
 )
 from deconvbench.metrics.image import weighted_centroids
-from deconvbench.metrics.shapes import FLAG_HSM, FLAG_NONFINITE
+from deconvbench.metrics.shapes import FLAG_NONFINITE, FLAG_NONPOSITIVE_FLUX
 
 TRUTH3 = np.array([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]])
 
@@ -183,7 +183,7 @@ def test_shape_failures_are_nan_and_flagged():
     truth = np.stack([good, good, good])
     mom = adaptive_moments(est)
     assert list(mom["flags"][:2]) == [0, FLAG_NONFINITE]
-    assert mom["flags"][2] == FLAG_HSM  # HSM cannot measure an empty stamp
+    assert mom["flags"][2] == FLAG_NONPOSITIVE_FLUX  # an empty stamp cannot be measured
     assert np.isnan(mom["e1"][1:]).all() and np.isnan(mom["sigma"][1:]).all()
     res = shape_errors(est, truth)
     assert list(res["failed"]) == [False, True, True]

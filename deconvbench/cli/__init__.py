@@ -1,6 +1,6 @@
 """The ``deconvbench`` command line: parses arguments, calls the library, prints.
 
-One module per command (``generate``, ``verify``, ``run``, ``submit``, ``leaderboard``, ``report``,
+One module per command (``generate``, ``verify``, ``run``, ``bias``, ``submit``, ``leaderboard``, ``report``,
 ``train``, ``demo``, ``listing``); shared helpers in ``_common``. Every user error
 (bad card, missing file, unknown method, corrupt data, unwritable output) is printed as
 one line on stderr with exit status 2; an interruption (Ctrl-C, SIGTERM) prints one line
@@ -45,7 +45,7 @@ def _root(
     """Benchmark and dataset suite for PSF deconvolution of galaxy images (weak lensing)."""
 
 
-from . import demo, generate, leaderboard, listing, report, run, submit, train, verify  # noqa: E402,F401  (registers)
+from . import bias, demo, generate, leaderboard, listing, report, run, submit, train, verify  # noqa: E402,F401  (registers)
 
 
 def _raise_interrupt(signum, frame):

@@ -11,96 +11,60 @@ arcsec/pixel) to a dict of ``(B,)`` arrays:
 * ``flags``: int, 0 = success.
 
 Registry: :data:`ESTIMATORS` (name → callable), :func:`get_estimator`,
-:func:`register_estimator`. Built in: ``"wmom"`` (fixed-weight moments, pure numpy) and
-``"admom"`` (GalSim adaptive moments, per stamp).
+:func:`register_estimator`. Built in: ``"wmom"`` (fixed-size round weight centred on the
+object) and ``"admom"`` (adaptive moments), both from the one batched moments routine
+:mod:`deconvbench.moments` and its flag set.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Mapping
 
-import galsim
 import numpy as np
 
-from .shear_ops import FWHM_PER_SIGMA
+from ..fourier import FWHM_PER_SIGMA
+from ..moments import adaptive_moments, weighted_moments
 
 Estimator = Callable[..., dict]
 
-FLAG_NONPOSITIVE_FLUX = 1  # weighted flux ≤ 0 or not finite
-FLAG_NONPOSITIVE_T = 2  # T ≤ 0 or not finite
-FLAG_ADMOM_FAILED = 4  # GalSim's adaptive moments failed
+#: wmom's default weight FWHM (arcsec)
+WMOM_WEIGHT_FWHM_ARCSEC = 1.2
 
 
-def wmom(images, pixel_scale: float, weight_fwhm_arcsec: float = 1.2) -> dict:
-    """Gaussian-weighted second moments with a fixed round weight (ngmix "wmom").
+def _to_estimate(res: dict, pixel_scale: float, flux) -> dict:
+    ok = res["flags"] == 0
+    return {"e1": res["e1"], "e2": res["e2"], "T": np.where(ok, res["T"] * pixel_scale**2, np.nan),
+            "flux": flux, "flags": res["flags"].astype(np.int64),
+            "x": res["x"], "y": res["y"]}
 
-    The weight ``w(x) = exp(−|x|²/(2σ_w²))``, σ_w = ``weight_fwhm_arcsec``/2.3548 (peak 1),
-    is centred on pixel (n//2, n//2); ``x`` is measured in arcsec from there. With
-    ``F = Σ w I``: ``Ixx = Σ w I x²/F``, ``Iyy = Σ w I y²/F``, ``Ixy = Σ w I x y/F`` (moments
-    about the weight centre, not the centroid), ``T = Ixx + Iyy`` (arcsec²),
-    ``e1 = (Ixx − Iyy)/T``, ``e2 = 2 Ixy/T``, ``flux = F`` (weighted sum, image units).
-    ``flags`` has :data:`FLAG_NONPOSITIVE_FLUX` where F ≤ 0 (or is NaN, e.g. NaN pixels)
-    and :data:`FLAG_NONPOSITIVE_T` where T ≤ 0; e1, e2 are NaN there. Batched (einsum)."""
-    images = np.asarray(images, dtype=np.float64)
-    if images.ndim == 2:
-        images = images[None]
-    n = images.shape[-1]
-    coord = (np.arange(n) - n // 2) * pixel_scale
-    sigma = weight_fwhm_arcsec / FWHM_PER_SIGMA
-    w1 = np.exp(-0.5 * (coord / sigma) ** 2)  # separable weight: w(x, y) = w1(y) w1(x)
-    wy, wx = w1, w1
-    flux = np.einsum("bij,i,j->b", images, wy, wx)
-    sxx = np.einsum("bij,i,j->b", images, wy, wx * coord**2)
-    syy = np.einsum("bij,i,j->b", images, wy * coord**2, wx)
-    sxy = np.einsum("bij,i,j->b", images, wy * coord, wx * coord)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ixx, iyy, ixy = sxx / flux, syy / flux, sxy / flux
-        t = ixx + iyy
-        flags = np.where(~(flux > 0), FLAG_NONPOSITIVE_FLUX, 0) | np.where(~(t > 0), FLAG_NONPOSITIVE_T, 0)
-        ok = flags == 0
-        e1 = np.where(ok, (ixx - iyy) / t, np.nan)
-        e2 = np.where(ok, 2.0 * ixy / t, np.nan)
-    return {"e1": e1, "e2": e2, "T": t, "flux": flux, "flags": flags.astype(np.int64)}
+
+def wmom(images, pixel_scale: float, weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC) -> dict:
+    """Gaussian-weighted second moments with a fixed round weight (ngmix "wmom"), the
+    weight centred on the object.
+
+    The weight ``w(x) = exp(−|x − c|²/(2σ_w²))``, σ_w = ``weight_fwhm_arcsec``/2.3548
+    (peak 1), is centred on ``c``, iterated from pixel (n//2, n//2) until the weighted
+    first moment about ``c`` vanishes (:func:`deconvbench.moments.weighted_moments`): the
+    result does not depend on where the galaxy sits in the stamp. With ``F = Σ w I``:
+    ``Ixx = Σ w I dx²/F``, ``Iyy``, ``Ixy`` likewise (d = x − c, arcsec),
+    ``T = Ixx + Iyy`` (arcsec²), ``e1 = (Ixx − Iyy)/T``, ``e2 = 2 Ixy/T``, ``flux = F``
+    (image units), ``x, y`` the centre (pixels). ``flags`` are those of
+    :mod:`deconvbench.moments`; e1, e2, T are NaN where they are non-zero. Batched."""
+    sigma_pixels = weight_fwhm_arcsec / FWHM_PER_SIGMA / pixel_scale
+    res = weighted_moments(images, sigma_pixels)
+    return _to_estimate(res, pixel_scale, res["flux"])
 
 
 def admom(images, pixel_scale: float) -> dict:
-    """Adaptive moments per stamp with ``galsim.hsm.FindAdaptiveMom`` (``strict=False``).
+    """Adaptive moments (:func:`deconvbench.moments.adaptive_moments`, the algorithm of
+    GalSim's ``hsm.FindAdaptiveMom``, batched; HSM is the independent check in the tests).
 
-    ``e1, e2`` are the *distortion* of the adaptive-moment ellipse,
-    ``observed_shape.e1/.e2`` (GalSim stores the shape as a ``galsim.Shear``; its
-    ``e1, e2`` are ``(Ixx−Iyy)/(Ixx+Iyy)``, ``2Ixy/(Ixx+Iyy)`` of the fitted Gaussian).
-    ``T = 2σ²/sqrt(1−|e|²)`` (arcsec², σ = ``moments_sigma · pixel_scale``, i.e. Ixx+Iyy
-    of the fitted Gaussian), ``flux = moments_amp`` (flux of the best-fit Gaussian, image
-    units). The initial guess is centred on pixel (n//2, n//2). A stamp where GalSim
-    fails (``moments_status != 0``, an exception, non-finite pixels) gets
-    :data:`FLAG_ADMOM_FAILED` and NaN e1, e2, T, flux. Loops over stamps (GalSim)."""
-    images = np.asarray(images, dtype=np.float64)
-    if images.ndim == 2:
-        images = images[None]
-    b, n = images.shape[0], images.shape[-1]
-    out = {key: np.full(b, np.nan) for key in ("e1", "e2", "T", "flux")}
-    out["flags"] = np.zeros(b, dtype=np.int64)
-    centre = galsim.PositionD(n // 2 + 1.0, n // 2 + 1.0)  # GalSim images are 1-based
-    for i in range(b):
-        if not np.all(np.isfinite(images[i])):
-            out["flags"][i] = FLAG_ADMOM_FAILED
-            continue
-        try:
-            res = galsim.hsm.FindAdaptiveMom(
-                galsim.Image(np.ascontiguousarray(images[i]), scale=pixel_scale), guess_centroid=centre, strict=False
-            )
-        except (galsim.GalSimError, RuntimeError, ValueError):
-            out["flags"][i] = FLAG_ADMOM_FAILED
-            continue
-        if res.moments_status != 0:
-            out["flags"][i] = FLAG_ADMOM_FAILED
-            continue
-        e1, e2 = res.observed_shape.e1, res.observed_shape.e2
-        sigma = res.moments_sigma * pixel_scale
-        out["e1"][i], out["e2"][i] = e1, e2
-        out["T"][i] = 2.0 * sigma**2 / np.sqrt(1.0 - e1**2 - e2**2)
-        out["flux"][i] = res.moments_amp
-    return out
+    ``e1, e2``: distortion of the adaptive-moment ellipse; ``T = Cxx + Cyy`` of the fitted
+    Gaussian (arcsec²); ``flux``: amplitude of the fitted Gaussian (image units); ``x, y``:
+    its centroid (pixels), started on pixel (n//2, n//2). Flags as in
+    :mod:`deconvbench.moments` (NaN e1, e2, T where set)."""
+    res = adaptive_moments(images)
+    return _to_estimate(res, pixel_scale, np.where(res["flags"] == 0, res["flux"], np.nan))
 
 
 ESTIMATORS: dict[str, Estimator] = {"wmom": wmom, "admom": admom}

@@ -1,104 +1,85 @@
-"""Gaussian fit of PSF images (ngmix's "fitgauss" size), batched.
+"""The metacal reconvolution kernel Γ: ngmix's "fitgauss" definition, batched.
 
-The PSF size used for metacal's reconvolution kernel is the FWHM of the best-fitting
-elliptical Gaussian, found by *adaptive moments* (Bernstein & Jarvis 2002; GalSim's
-``hsm.FindAdaptiveMom``): an elliptical Gaussian weight ``W`` of centroid ``μ`` and
-covariance ``C`` is iterated until the W-weighted centroid equals ``μ`` and twice the
-W-weighted covariance equals ``C``. At that fixed point ``W`` is the least-squares
-Gaussian fit of the image (flat pixel weights). The reported size is
-``σ = det(C)^(1/4)`` (GalSim's ``moments_sigma``) and ``FWHM = 2.3548 · σ · pixel_scale``.
+For each PSF image (PSF ⊗ pixel, as stored), following ngmix
+(``metacal.fitgauss_target_psf.get_fitgauss_target_psf`` and ``_do_dilate``):
 
-Everything is vectorised over the batch: a fixed maximum number of iterations, stopping
-early once every stamp has converged (relative change of C and μ below ``tol``). For a
-PSF image of a Gaussian drawn with the pixel (``method='auto'``) the result is the FWHM of
-the Gaussian best fitting the *pixel-convolved* profile, as in ngmix (which fits the PSF
-image as given). Agrees with ``FindAdaptiveMom(img).moments_sigma · pixel_scale · 2.3548``
-to ~1e-6 relative.
+1. adaptive moments of the PSF image (:func:`deconvbench.moments.adaptive_moments`, the
+   least-squares elliptical Gaussian fit): covariance C (pixels²), ``T = tr C``;
+2. ellipticity widening: ``d₀ = sqrt(λ_max(C) / (T/2))`` (≥ 1; 1 for a round PSF),
+   ``d = 1 + 2(d₀ − 1)``, capped at 1.1; ``T_Γ = T · d`` (ngmix multiplies T, not σ², by d);
+3. the round Gaussian of ``σ = sqrt(T_Γ / 2)``, dilated by ``1 + 2|step|`` (ngmix
+   dilates by the metacal step, also for the noshear image).
+
+Γ is the new *effective* PSF: ngmix draws it without a further pixel (the pixel is
+already in the fitted PSF image), and so does :func:`deconvbench.metacal.shear_ops.metacal_images`.
+FWHM in arcsec = ``2.3548 · σ · pixel_scale``. The fit crops the central 32×32 pixels:
+the adaptive weight of a PSF of FWHM ≤ 6 pixels is below 1e-5 of its peak beyond 16
+pixels (change of the FWHM < 1e-6 relative).
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-from .shear_ops import FWHM_PER_SIGMA
+from ..fourier import FWHM_PER_SIGMA
+from ..moments import adaptive_moments
+
+#: ngmix's cap on the ellipticity widening factor d
+MAX_ELLIPTICITY_DILATION = 1.1
+
+PSF_FIT_CROP = 32
 
 
-def _adaptive_moments(images: np.ndarray, max_iter: int, tol: float):
-    """Adaptive moments (pixels): returns centroid (B,2) [x, y], covariance (B,2,2)
-    [[xx, xy], [xy, yy]], converged flag (B,) and the number of iterations run."""
-    b, ny, nx = images.shape
-    y = np.arange(ny, dtype=np.float64)[None, :, None]
-    x = np.arange(nx, dtype=np.float64)[None, None, :]
-    # start: round weight of σ = n/8 pixels centred on (n//2, n//2)
-    mx = np.full(b, float(nx // 2))
-    my = np.full(b, float(ny // 2))
-    cxx = np.full(b, (min(nx, ny) / 8.0) ** 2)
-    cyy = cxx.copy()
-    cxy = np.zeros(b)
-    converged = np.zeros(b, dtype=bool)
-    active = np.arange(b)  # stamps still iterating (converged or failed ones stop)
-    it = 0
-    for it in range(1, max_iter + 1):
-        if active.size == 0:
-            break
-        img = images[active]
-        c_xx, c_yy, c_xy = cxx[active], cyy[active], cxy[active]
-        det = c_xx * c_yy - c_xy**2
-        ixx, iyy, ixy = c_yy / det, c_xx / det, -c_xy / det  # C⁻¹
-        dx = x - mx[active, None, None]
-        dy = y - my[active, None, None]
-        quad = ixx[:, None, None] * dx**2 + 2.0 * ixy[:, None, None] * dx * dy + iyy[:, None, None] * dy**2
-        wimg = img * np.exp(-0.5 * quad)
-        a = wimg.sum(axis=(1, 2))
-        bx = (wimg * dx).sum(axis=(1, 2)) / a
-        by = (wimg * dy).sum(axis=(1, 2)) / a
-        mxx = (wimg * dx**2).sum(axis=(1, 2)) / a - bx**2
-        myy = (wimg * dy**2).sum(axis=(1, 2)) / a - by**2
-        mxy = (wimg * dx * dy).sum(axis=(1, 2)) / a - bx * by
-        new = (mx[active] + bx, my[active] + by, 2.0 * mxx, 2.0 * myy, 2.0 * mxy)
-        scale = np.sqrt(np.abs(c_xx * c_yy))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            change = np.maximum.reduce(
-                [np.abs(new[0] - mx[active]) / np.sqrt(scale), np.abs(new[1] - my[active]) / np.sqrt(scale),
-                 np.abs(new[2] - c_xx) / scale, np.abs(new[3] - c_yy) / scale, np.abs(new[4] - c_xy) / scale]
-            )
-        mx[active], my[active], cxx[active], cyy[active], cxy[active] = new
-        done = change < tol
-        converged[active] = done
-        bad = ~(np.isfinite(change) & (a > 0) & (new[2] * new[3] - new[4] ** 2 > 0))
-        active = active[~(done | bad)]
-    cov = np.stack([np.stack([cxx, cxy], -1), np.stack([cxy, cyy], -1)], -2)
-    return np.stack([mx, my], -1), cov, converged, it
+def ellipticity_dilation(cxx, cyy, cxy) -> np.ndarray:
+    """ngmix's widening factor d of T for a PSF of covariance ``[[cxx, cxy], [cxy, cyy]]``:
+    ``d = min(1 + 2(sqrt(λ_max/(T/2)) − 1), 1.1)``; (B,) arrays in, (B,) out."""
+    cxx, cyy, cxy = (np.asarray(v, dtype=np.float64) for v in (cxx, cyy, cxy))
+    t = cxx + cyy
+    lam_max = 0.5 * t + np.sqrt(0.25 * (cxx - cyy) ** 2 + cxy**2)
+    d0 = np.sqrt(lam_max / (0.5 * t))
+    return np.minimum(1.0 + 2.0 * (d0 - 1.0), MAX_ELLIPTICITY_DILATION)
 
 
-def fit_gaussian_fwhm(psf_images, pixel_scale: float, max_iter: int = 200, tol: float = 1e-10,
-                      crop: int | None = 32) -> np.ndarray:
-    """FWHM (arcsec) of the best-fit elliptical Gaussian of each PSF image.
+def psf_gaussian_fit(psf_images, pixel_scale: float) -> dict[str, np.ndarray]:
+    """Adaptive-moment Gaussian fit of PSF images ``(B, n, n)``: the dict of
+    :func:`deconvbench.moments.adaptive_moments` (pixels) plus ``fwhm_arcsec``
+    (``2.3548 · det(C)^{1/4} · pixel_scale``, NaN where the fit fails)."""
+    res = adaptive_moments(psf_images, crop=PSF_FIT_CROP)
+    res["fwhm_arcsec"] = FWHM_PER_SIGMA * res["sigma"] * pixel_scale
+    return res
 
-    ``psf_images``: ``(B, n, n)`` (or ``(n, n)``), PSF ⊗ pixel, any normalisation;
-    ``pixel_scale`` in arcsec/pixel. Returns ``(B,)`` float64
-    ``FWHM = 2.3548 · det(C)^(1/4) · pixel_scale`` with ``C`` the adaptive-moment
-    covariance (see module docstring); NaN where the iteration fails or does not converge
-    within ``max_iter`` iterations.
 
-    ``crop``: fit the central ``crop × crop`` pixels around (n//2, n//2) only (default 32;
-    None: the whole stamp). The adaptive weight of a PSF of FWHM ≤ 6 pixels is below 1e-5
-    of its peak beyond 16 pixels, so the crop changes the FWHM by < 1e-6 relative while
-    making the fit ~2x faster on 48-pixel stamps."""
-    images = np.asarray(psf_images, dtype=np.float64)
-    if images.ndim == 2:
-        images = images[None]
-    n = images.shape[-1]
-    if crop is not None and crop < n and images.shape[-2] == n:
-        lo = n // 2 - crop // 2
-        images = images[:, lo : lo + crop, lo : lo + crop]
-    _, cov, converged, _ = _adaptive_moments(images, max_iter, tol)
-    det = np.linalg.det(cov)
-    sigma = np.where(converged & (det > 0), np.abs(det) ** 0.25, np.nan)
-    return FWHM_PER_SIGMA * sigma * pixel_scale
+def fit_gaussian_fwhm(psf_images, pixel_scale: float) -> np.ndarray:
+    """FWHM (arcsec) ``2.3548 · det(C)^{1/4} · pixel_scale`` of the best-fit elliptical
+    Gaussian of each PSF image (GalSim's ``moments_sigma`` convention); (B,), NaN where
+    the fit fails."""
+    return psf_gaussian_fit(psf_images, pixel_scale)["fwhm_arcsec"]
 
 
 def reconv_fwhm(psf_images, pixel_scale: float, step: float = 0.01) -> np.ndarray:
-    """Metacal reconvolution FWHM (arcsec), ngmix "fitgauss": ``(1 + 2·step) ×``
-    :func:`fit_gaussian_fwhm`. Shape ``(B,)``."""
-    return (1.0 + 2.0 * step) * fit_gaussian_fwhm(psf_images, pixel_scale)
+    """FWHM (arcsec) of the round reconvolution Gaussian Γ (ngmix "fitgauss", see the
+    module docstring): ``2.3548 · sqrt(T·d/2) · (1 + 2|step|) · pixel_scale``. (B,), NaN
+    where the PSF fit fails."""
+    images = np.asarray(psf_images, dtype=np.float64)
+    if images.ndim == 2:
+        images = images[None]
+    first, inverse = unique_stamps(images)
+    res = adaptive_moments(images[first], crop=PSF_FIT_CROP)
+    ok = res["flags"] == 0
+    d = ellipticity_dilation(res["Ixx"], res["Iyy"], res["Ixy"])
+    sigma = np.sqrt(res["T"] * d / 2.0)
+    return np.where(ok, FWHM_PER_SIGMA * sigma * (1.0 + 2.0 * abs(step)) * pixel_scale, np.nan)[inverse]
+
+
+def unique_stamps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first occurrence of each distinct stamp (bit-identical pixels) and
+    the map back, ``images[first][inverse] == images``: stamps of a group share their PSF
+    image, which is then fitted once."""
+    keys = [hashlib.sha1(np.ascontiguousarray(stamp).tobytes()).digest() for stamp in images]
+    index: dict[bytes, int] = {}
+    inverse = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+    first = np.zeros(len(index), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(images))[::-1]
+    return first, inverse

@@ -3,16 +3,15 @@
 For one observed stamp ``I = galaxy ⊗ PSF ⊗ pixel`` (sampled) and its PSF image
 ``P = PSF ⊗ pixel`` (sampled, same pixel scale):
 
-    O_s = [ (ii(I) ⊗ ii(P)⁻¹) sheared by s ] ⊗ Γ,   drawn with method='auto'
+    O_s = [ (ii(I) ⊗ ii(P)⁻¹) sheared by s ] ⊗ Γ,   drawn with method='no_pixel'
 
 where ``ii`` is ``galsim.InterpolatedImage`` (``x_interpolant='lanczos15'`` as in ngmix,
 GalSim's default quintic ``k_interpolant``, ``pad_factor=4``), ⁻¹ is
 ``galsim.Deconvolve`` and Γ is ``galsim.Gaussian(fwhm=reconv_fwhm_arcsec)``. The ratio
 ``ii(I)/ii(P)`` is the galaxy without PSF *and* without pixel (both images carry the pixel
-once; the interpolant's own transform cancels), so drawing with ``method='auto'`` puts
-the pixel back exactly once, the same convention as
-:func:`deconvbench.metacal.shear_ops.metacal_images` (ngmix equivalently convolves Γ with
-the pixel and draws with 'no_pixel').
+once; the interpolant's own transform cancels). As in ngmix, Γ is the new effective PSF
+and the image is drawn without a further pixel (``method='no_pixel'``), the same
+convention as :func:`deconvbench.metacal.shear_ops.metacal_images`.
 
 Centring: both ``InterpolatedImage`` s take their origin at the *nominal* centre
 (``use_true_center=False``), i.e. pixel (n//2, n//2) 0-based for even and odd n, and the
@@ -73,7 +72,7 @@ def galsim_metacal_images(
 
     Returns
     -------
-    dict type → (n, n) float64 image: sheared galaxy ⊗ Γ ⊗ pixel.
+    dict type → (n, n) float64 image: sheared galaxy ⊗ Γ, sampled at the pixel centres.
     """
     observed_stamp = np.asarray(observed_stamp, dtype=np.float64)
     psf_stamp = np.asarray(psf_stamp, dtype=np.float64)
@@ -87,7 +86,7 @@ def galsim_metacal_images(
         g1, g2 = metacal_shear(mtype, step)
         sheared = galaxy.shear(g1=g1, g2=g2) if (g1 or g2) else galaxy
         image = galsim.Convolve([sheared, reconv], gsparams=gsparams).drawImage(
-            nx=n, ny=n, scale=pixel_scale, method="auto", use_true_center=False
+            nx=n, ny=n, scale=pixel_scale, method="no_pixel", use_true_center=False
         )
         out[mtype] = image.array.astype(np.float64)
     return out

@@ -4,9 +4,9 @@ Conventions (project-wide)
 --------------------------
 * Stamps are arrays ``(B, n, n)`` indexed (row=y, col=x); every profile is centred on
   pixel ``(n//2, n//2)`` (0-based). ``n`` may be even or odd.
-* Lengths in arcsec, ``pixel_scale`` in arcsec/pixel, wavenumbers ``k`` in rad/arcsec
-  (``k = 2π · fftfreq(N, d=pixel_scale)``); Fourier transforms follow numpy's sign
-  convention ``f~(k) = ∫ f(x) exp(-i k·x) dx``.
+* Lengths in arcsec, ``pixel_scale`` in arcsec/pixel; the Fourier grid, wavenumbers
+  (rad/arcsec), padding and kernel transforms are those of :mod:`deconvbench.fourier`
+  (numpy's sign convention ``f~(k) = ∫ f(x) exp(-i k·x) dx``).
 * Shear is GalSim's reduced shear ``g = (g1, g2)`` (g1 > 0 stretches along x = columns).
   The sheared profile is ``f'(x) = f(S⁻¹ x)`` with the det-1 matrix
   ``S = [[1+g1, g2], [g2, 1-g1]] / sqrt(1-|g|²)`` acting on column vectors ``(x, y)``,
@@ -19,16 +19,17 @@ The metacal image
 A deconvolver gives ``D ≈ galaxy ⊗ T`` with ``T = Gaussian(target FWHM) ⊗ pixel``.
 For the shear ``S`` of one metacal type the output is, in Fourier space,
 
-    O(k) = D~(Sᵀk) / T~(Sᵀk) · Γ~(k) · Π~(k)
+    O(k) = D~(Sᵀk) / T~(Sᵀk) · Γ~(k)
 
-with Π the pixel (square top-hat of width ``pixel_scale``) and Γ a round Gaussian of FWHM
-``reconv_fwhm_arcsec`` (ngmix's "fitgauss" dilated PSF, see
-:func:`deconvbench.metacal.psf_fit.reconv_fwhm`). The output includes the pixel once,
-like an image drawn by GalSim with ``method='auto'``. The Gaussian parts combine into one
+with Γ a round Gaussian of FWHM ``reconv_fwhm_arcsec`` (ngmix's "fitgauss" kernel, see
+:func:`deconvbench.metacal.psf_fit.reconv_fwhm`). As in ngmix, Γ is the new *effective*
+PSF: the output is the point sampling of galaxy ⊗ Γ (GalSim ``method='no_pixel'``), with
+no further pixel (T contains the pixel, so dividing by T~ removes it from D). The
+Gaussian parts combine into one
 Gaussian ``exp(-½ kᵀ(σ_Γ² I − σ_T² S Sᵀ)k)``, which is bounded only when
 ``σ_Γ² ≥ σ_T² · λ_max(S Sᵀ) = σ_T² (1+|g|)/(1-|g|)``: Γ must be (slightly) wider than
 the target, otherwise a :class:`ValueError` is raised. The pixel ratio
-``Π~(k)/Π~(Sᵀk)`` is bounded inside the sampled band (sinc ≥ 0.6 there).
+``1/Π~(Sᵀk)`` (Π the square pixel) is bounded inside the sampled band (Π~ ≥ 0.4 there).
 
 Method (exact for band-limited ``D``)
 -------------------------------------
@@ -46,7 +47,7 @@ is zero outside the stamp:
    ``|u| ≲ sqrt(|g|)`` ≈ 0.1 for a 1% shear along x). Each translates every row (column)
    by ``u ×`` its distance from the centre, exactly, with an FFT phase ramp along that
    axis (the last one is merged into the 2-D FFT).
-4. Multiply the 2-D spectrum by ``Γ~(k)Π~(k)/T~(Sᵀk)`` (0 where ``Sᵀk`` leaves the band
+4. Multiply the 2-D spectrum by ``Γ~(k)/T~(Sᵀk)`` (0 where ``Sᵀk`` leaves the band
    of ``D``, where ``D~(Sᵀk)`` is 0 by construction), alias (fold) it onto the coarse
    grid's frequencies, which is exactly the point sampling at the original pixel
    centres (aliasing included, as in GalSim's drawing), inverse FFT, keep the centre
@@ -76,7 +77,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.fft as sfft
 
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.35482...
+from .. import fourier as F
+from ..fourier import FWHM_PER_SIGMA, k_grid, per_stamp, pixel_ft
+from ..fourier import _transform_k
 
 METACAL_TYPES = ("noshear", "1p", "1m", "2p", "2m")
 
@@ -135,70 +138,9 @@ def elementary_shear_factors(matrix: np.ndarray) -> list[tuple[str, float]]:
     return factors
 
 
-# ---------------------------------------------------------------------------- k grids
-
-
-def k_grid(n: int, pixel_scale: float, real: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Wavenumbers (rad/arcsec) of an ``n × n`` FFT grid as broadcastable ``(ky, kx)``.
-
-    ``ky`` has shape ``(n, 1)`` (``fftfreq``), ``kx`` shape ``(1, n//2+1)`` (``rfftfreq``,
-    matching ``scipy.fft.rfft2``) when ``real`` else ``(1, n)``."""
-    ky = 2.0 * np.pi * np.fft.fftfreq(n, d=pixel_scale)[:, None]
-    kx = 2.0 * np.pi * (np.fft.rfftfreq(n, d=pixel_scale) if real else np.fft.fftfreq(n, d=pixel_scale))[None, :]
-    return ky, kx
-
-
-def _transform_k(kx, ky, matrix):
-    """``q = Mᵀ k`` componentwise (``matrix`` None: identity)."""
-    if matrix is None:
-        return kx, ky
-    m = np.asarray(matrix, dtype=np.float64)
-    return m[0, 0] * kx + m[1, 0] * ky, m[0, 1] * kx + m[1, 1] * ky
-
-
-def _per_stamp(value, ndim: int) -> np.ndarray:
-    """Scalar or (B,) → array broadcastable against (B, …) arrays with ``ndim`` trailing dims."""
-    value = np.asarray(value, dtype=np.float64)
-    return value.reshape(value.shape + (1,) * ndim)
-
-
-def gaussian_kernel_ft(kx, ky, fwhm_arcsec, matrix=None) -> np.ndarray:
-    """Fourier transform of a unit-flux round Gaussian of FWHM ``fwhm_arcsec`` (scalar or
-    ``(B,)``), evaluated at ``q = Mᵀk`` (``matrix`` M; None = identity):
-    ``exp(-σ² |q|² / 2)``, σ = FWHM / 2.3548. With M = S this is the FT of the *sheared*
-    Gaussian. Output shape ``broadcast(kx, ky)`` (prefixed by ``(B,)`` for array FWHMs)."""
-    qx, qy = _transform_k(kx, ky, matrix)
-    sigma = _per_stamp(fwhm_arcsec, np.ndim(qx + qy)) / FWHM_PER_SIGMA
-    return np.exp(-0.5 * sigma**2 * (qx**2 + qy**2))
-
-
-def pixel_ft(kx, ky, pixel_scale: float, matrix=None) -> np.ndarray:
-    """Fourier transform of the unit-flux square pixel (top-hat of width ``pixel_scale``
-    arcsec along x and y), at ``q = Mᵀk``: ``sinc(qx p / 2π) · sinc(qy p / 2π)`` with
-    numpy's normalised sinc."""
-    qx, qy = _transform_k(kx, ky, matrix)
-    return np.sinc(qx * pixel_scale / (2.0 * np.pi)) * np.sinc(qy * pixel_scale / (2.0 * np.pi))
-
-
-# ------------------------------------------------------------------ grids and transforms
-
-
-def _padded_size(n: int, pad_factor: float) -> int:
-    """Even FFT-friendly size ≥ pad_factor·n (and ≥ n + 2)."""
-    size = max(int(math.ceil(pad_factor * n)), n + 2)
-    size = sfft.next_fast_len(size, real=True)
-    while size % 2:
-        size = sfft.next_fast_len(size + 1, real=True)
-    return size
-
-
 def _padded_spectrum(images: np.ndarray, size: int, workers) -> np.ndarray:
     """``rfft2`` of the stamps zero-padded to ``size`` with pixel (n//2, n//2) on ``size//2``."""
-    b, n = images.shape[0], images.shape[-1]
-    padded = np.zeros((b, size, size), dtype=np.float64)
-    o = size // 2 - n // 2
-    padded[:, o : o + n, o : o + n] = images
-    return sfft.rfft2(padded, workers=workers)
+    return F.rfft2(F.pad_centered(images, size), workers=workers)
 
 
 def _fine_size(size: int, factor_lists: Sequence[list[tuple[str, float]]]) -> int:
@@ -337,7 +279,7 @@ def _apply_shears(
     """Shared pipeline: pad, interpolate onto the fine grid, shear by each matrix, multiply
     by ``filter_fn(ky, kx, matrix)`` (None: band mask only), fold, crop."""
     n = images.shape[-1]
-    size = _padded_size(n, pad_factor)
+    size = max(F.padded_size(n, pad_factor), F.padded_size(n + 2, 1.0))
     spec = _padded_spectrum(images, size, workers)
     factors = {key: elementary_shear_factors(np.linalg.inv(m)) for key, m in matrices.items()}
     fine = _fine_size(size, [f for f in factors.values() if f])
@@ -374,15 +316,15 @@ def shear_images(images, g1: float, g2: float, pad_factor: float = 2.0, workers=
 
 
 def _reconv_filter(ky, kx, pixel_scale, matrix, target_fwhm, reconv_fwhm):
-    """``Γ~(k)Π~(k) / T~(Sᵀk)`` per stamp, ``(B, …)``; 0 where ``Sᵀk`` leaves the band of D
+    """``Γ~(k) / T~(Sᵀk)`` per stamp, ``(B, …)``; 0 where ``Sᵀk`` leaves the band of D
     (there D~ is 0 by construction and the pixel sinc of T may vanish)."""
-    sig_t2 = (_per_stamp(target_fwhm, 2) / FWHM_PER_SIGMA) ** 2
-    sig_g2 = (_per_stamp(reconv_fwhm, 2) / FWHM_PER_SIGMA) ** 2
+    sig_t2 = (per_stamp(target_fwhm, 2) / FWHM_PER_SIGMA) ** 2
+    sig_g2 = (per_stamp(reconv_fwhm, 2) / FWHM_PER_SIGMA) ** 2
     qx, qy = _transform_k(kx, ky, matrix)
     mask = _band_mask(kx, ky, pixel_scale, matrix)
-    pix = pixel_ft(kx, ky, pixel_scale) / np.where(mask, pixel_ft(kx, ky, pixel_scale, matrix), 1.0)
+    pix = mask / np.where(mask, pixel_ft(kx, ky, pixel_scale, matrix), 1.0)
     expo = -0.5 * (sig_g2 * (kx**2 + ky**2) - sig_t2 * (qx**2 + qy**2))
-    return np.exp(expo) * (pix * mask)
+    return np.exp(expo) * pix
 
 
 def metacal_images(
@@ -424,8 +366,8 @@ def metacal_images(
 
     Returns
     -------
-    dict type → (B, n, n) float64: sheared galaxy ⊗ Γ ⊗ pixel sampled at the pixel
-    centres, centred on (n//2, n//2), same flux units as the input.
+    dict type → (B, n, n) float64: sheared galaxy ⊗ Γ sampled at the pixel
+    centres (no further pixel, as ngmix), centred on (n//2, n//2), same flux units as the input.
     """
     images = _check_images(deconvolved)
     b = images.shape[0]
@@ -446,20 +388,3 @@ def metacal_images(
         return _reconv_filter(ky, kx, pixel_scale, matrix, target, reconv)
 
     return _apply_shears(images, matrices, pixel_scale, pad_factor, filter_fn, workers)
-
-
-def fixnoise_images(noise_images, *args, **kwargs) -> dict[str, np.ndarray]:
-    """ngmix's "fixnoise" correction term for :func:`metacal_images`.
-
-    ``noise_images`` (B, n, n) is a noise realisation with the statistics of the noise in
-    ``deconvolved`` (e.g. a fresh noise field passed through the same deconvolver). It is
-    rotated by 90° (``np.rot90(·, 1, axes=(-2, -1))``), processed by
-    :func:`metacal_images` with the same ``*args, **kwargs``, and rotated back
-    (``k = -1``). The caller adds the result to the metacal images of the data: the
-    rotation turns the shear applied to this noise into the opposite shear, so the
-    anisotropic noise correlations created by shearing the data's noise cancel on
-    average (at the price of twice the noise variance). Returns dict type → (B, n, n)."""
-    noise = _check_images(noise_images)
-    rotated = np.rot90(noise, 1, axes=(-2, -1))
-    result = metacal_images(rotated, *args, **kwargs)
-    return {key: np.ascontiguousarray(np.rot90(value, -1, axes=(-2, -1))) for key, value in result.items()}

@@ -1,73 +1,55 @@
-"""Shape metrics from adaptive moments (GalSim HSM ``FindAdaptiveMom``), per stamp.
+"""Shape metrics from adaptive moments, per stamp.
 
 Conventions: x = column, y = row, pixels. From the adaptive second moments
-(Ixx, Iyy, Ixy) of an elliptical Gaussian weight matched to the image:
+(Ixx, Iyy, Ixy) of an elliptical Gaussian weight matched to the image
+(:func:`deconvbench.moments.adaptive_moments`, the project's one moments routine; the
+algorithm of GalSim's ``hsm.FindAdaptiveMom``, which the tests use as the independent
+check):
 
-* distortion e1 = (Ixx − Iyy)/(Ixx + Iyy), e2 = 2 Ixy/(Ixx + Iyy) (``observed_shape.e1/e2``
-  of HSM, not the reduced shear g; for a sheared round profile |e| = 2|g|/(1 + |g|²));
-* sigma = (Ixx Iyy − Ixy²)^(1/4), pixels (``moments_sigma``).
+* distortion e1 = (Ixx − Iyy)/(Ixx + Iyy), e2 = 2 Ixy/(Ixx + Iyy) (not the reduced
+  shear g; for a sheared round profile |e| = 2|g|/(1 + |g|²));
+* sigma = (Ixx Iyy − Ixy²)^(1/4), pixels (GalSim's ``moments_sigma``).
 
-HSM runs once per stamp (it has no batched interface), with ``strict=False``, the centroid
-guess on pixel (n//2, n//2) (the stamps' centre convention) and ``guess_sigma`` (pixels).
-A failure never gives silent zeros: e1, e2 and sigma are NaN and ``flags`` says why
-(bit mask): ``FLAG_NONFINITE`` the stamp has non-finite pixels (HSM is not run),
-``FLAG_HSM`` HSM reported an error (non-zero ``moments_status``, or raised),
-``FLAG_BAD_RESULT`` it returned a non-finite or non-positive sigma or |e| >= 1.
+The iteration starts on pixel (n//2, n//2) (the stamps' centre convention) with a round
+weight of ``guess_sigma`` pixels; the centroid may move up to 15 pixels (HSM's default
+bound). A failure never gives silent zeros: e1, e2 and sigma are NaN and ``flags`` (the
+bit mask of :mod:`deconvbench.moments`: ``FLAG_NONFINITE``, ``FLAG_NONPOSITIVE_FLUX``,
+``FLAG_NONPOSITIVE_SIZE``, ``FLAG_NOT_CONVERGED``, ``FLAG_CENTROID_SHIFT``,
+``FLAG_BAD_SHAPE``) says why.
 """
 
 from __future__ import annotations
 
-import galsim
 import numpy as np
 
+from ..moments import (  # noqa: F401  (the flag set is part of this module's interface)
+    FLAG_BAD_SHAPE,
+    FLAG_CENTROID_SHIFT,
+    FLAG_NONFINITE,
+    FLAG_NONPOSITIVE_FLUX,
+    FLAG_NONPOSITIVE_SIZE,
+    FLAG_NOT_CONVERGED,
+)
+from ..moments import adaptive_moments as _adaptive_moments
 from .image import _stack
-
-FLAG_NONFINITE = 1
-FLAG_HSM = 2
-FLAG_BAD_RESULT = 4
 
 DEFAULT_GUESS_SIGMA = 5.0  # pixels, GalSim's default
 
+#: largest centroid shift (pixels) from the stamp centre, HSM's default ``max_ashift``
+MAX_CENTROID_SHIFT = 15.0
+
 
 def adaptive_moments(images: np.ndarray, guess_sigma=DEFAULT_GUESS_SIGMA) -> dict[str, np.ndarray]:
-    """Adaptive moments of each stamp of (B, ny, nx) (or (ny, nx)) ``images``.
+    """Adaptive moments of each stamp of (B, ny, nx) (or (ny, nx)) ``images``, batched.
 
     Returns a dict of (B,) arrays: ``e1``, ``e2`` (distortion), ``sigma`` (pixels),
     ``flags`` (int, 0 = success, see the module doc) and ``failed`` (bool, flags != 0).
     ``guess_sigma``: initial weight sigma in pixels, scalar or (B,) (default 5).
     """
     im = _stack(images, "images")
-    B, ny, nx = im.shape
-    guess = np.broadcast_to(np.asarray(guess_sigma, dtype=np.float64), (B,))
-    e1 = np.full(B, np.nan)
-    e2 = np.full(B, np.nan)
-    sigma = np.full(B, np.nan)
-    flags = np.zeros(B, dtype=np.int64)
-    # GalSim images are 1-based: pixel (n//2, n//2) 0-based is (n//2 + 1, n//2 + 1)
-    centre = galsim.PositionD(nx // 2 + 1.0, ny // 2 + 1.0)
-    for i in range(B):
-        stamp = im[i]
-        if not np.all(np.isfinite(stamp)):
-            flags[i] = FLAG_NONFINITE
-            continue
-        g = float(guess[i]) if np.isfinite(guess[i]) and guess[i] > 0 else DEFAULT_GUESS_SIGMA
-        try:
-            res = galsim.hsm.FindAdaptiveMom(
-                galsim.Image(np.ascontiguousarray(stamp)), guess_sig=g, guess_centroid=centre, strict=False
-            )
-        except Exception:  # HSM raises on some degenerate inputs even with strict=False
-            flags[i] = FLAG_HSM
-            continue
-        if res.moments_status != 0 or res.error_message:
-            flags[i] = FLAG_HSM
-            continue
-        s = float(res.moments_sigma)
-        a, b = float(res.observed_shape.e1), float(res.observed_shape.e2)
-        if not (np.isfinite(s) and s > 0 and np.isfinite(a) and np.isfinite(b) and np.hypot(a, b) < 1):
-            flags[i] = FLAG_BAD_RESULT
-            continue
-        e1[i], e2[i], sigma[i] = a, b, s
-    return {"e1": e1, "e2": e2, "sigma": sigma, "flags": flags, "failed": flags != 0}
+    res = _adaptive_moments(im, guess_sigma_pixels=guess_sigma, max_shift=MAX_CENTROID_SHIFT)
+    return {"e1": res["e1"], "e2": res["e2"], "sigma": res["sigma"], "flags": res["flags"],
+            "failed": res["flags"] != 0}
 
 
 def shape_errors(est: np.ndarray, truth: np.ndarray, truth_moments: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,313 @@
+"""Streaming precision test of the metacal shear bias: render → deconvolve → metacal → sums.
+
+``deconvbench bias --method M --card CARD --split S --n N`` measures m, c (and α on a
+split with sheared PSFs) on N stamps of a metacal card without storing any stamp:
+
+* stamps are rendered group by group through the dataset generator
+  (:func:`render_groups`, the one call into :mod:`deconvbench.sim`), bit-identical to
+  the stamps of a generated file of the same card and split;
+* each chunk of groups is deconvolved by the method, put through the metacal step
+  (:func:`deconvbench.metacal.measure.measure_batch`, optionally with fixnoise) and
+  reduced to per-group sums ``[Σe1+, Σe1−, Σe2+, Σe2−, n+, n−, ΣR11, ΣR22]`` over the
+  groups of 4 whose four measurements all succeeded (a failed stamp drops its group,
+  as in :mod:`deconvbench.metacal.bias`); only totals per SNR level are kept;
+* errors are a Poisson bootstrap over groups: every group gets ``Poisson(1)`` weights in
+  ``n_boot`` replicates (drawn from ``SeedSequence([bootstrap_seed, first group of the
+  chunk])``), and the weighted sums are accumulated per replicate. Memory is
+  ``O(n_boot)``, independent of N;
+* the run's own floor: metacal applied to the *truth* images of the same stamps
+  (perfect deconvolution), accumulated the same way and reported next to m;
+* a digest of the rendered stamps: ``sha256`` chained over groups, each group hashed
+  with the dataset checksum's content hasher (:class:`deconvbench.store.ContentHasher`);
+* after every chunk the accumulators are checkpointed atomically to
+  ``OUT.partial.npz``; a killed run started again with the same arguments continues
+  from the last completed chunk (the result does not depend on where it was killed).
+
+m = (⟨e1⟩₊ − ⟨e1⟩₋)/(2 g ⟨R11⟩) − 1, c = (⟨e2⟩₊ + ⟨e2⟩₋)/(2⟨R22⟩), c1 likewise on
+component 1, α = c1 / PSF g1 (reduced shears g; e is the estimator's ellipticity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write, check_writable, write_json_atomic
+from .cards import DatasetCard
+from .errors import DeconvbenchError
+from .metacal.bias import _ratio_stats
+from .metacal.measure import (
+    C_REQUIREMENT,
+    M_REQUIREMENT,
+    MetacalConfig,
+    measure_batch,
+    measure_images,
+    requirement_verdict,
+)
+from .metacal.psf_fit import reconv_fwhm
+from .metacal.shear_ops import metacal_images
+from .methods import Batch
+from .metrics.aggregate import snr_labels
+from .store import CONTENT_KEYS, ContentHasher
+
+#: marker of a streaming bias result (``metacal.mode``)
+STREAMING_MODE = "streaming-bias"
+
+#: group size of metacal cards: (+g, 0°), (−g, 0°), (+g, 90°), (−g, 90°)
+GROUP = 4
+SIGN = np.array([1.0, -1.0, 1.0, -1.0])
+N_COLUMNS = 8  # Σe1+, Σe1−, Σe2+, Σe2−, n+, n−, ΣR11, ΣR22
+CHANNELS = ("method", "truth")
+
+
+class BiasInputError(DeconvbenchError, ValueError):
+    """Bad arguments of a streaming bias run (wrong card kind, N, options)."""
+
+
+def render_groups(card: DatasetCard, split: str, first_group: int, n_groups: int) -> dict[str, np.ndarray]:
+    """The stamps of ``n_groups`` consecutive groups from the dataset generator (the one
+    narrow call into :mod:`deconvbench.sim`): dict of ``observed``, ``noiseless``,
+    ``truth``, ``psf`` (4·n_groups, n, n), ``noise_sigma``, ``snr`` and ``params``."""
+    from .sim.generate import render_chunk
+
+    return render_chunk(card.model_dump_json(), split, first_group, n_groups)
+
+
+def group_sums(measurements: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums ``(G, 8)`` of stamps in index order (groups of 4, slots +g, −g, +g,
+    −g) and the mask ``(G,)`` of complete groups (all four measurements valid)."""
+    e1, e2 = (np.asarray(measurements[k], dtype=np.float64).reshape(-1, GROUP) for k in ("e1", "e2"))
+    r11, r22 = (np.asarray(measurements[k], dtype=np.float64).reshape(-1, GROUP) for k in ("R11", "R22"))
+    flags = np.asarray(measurements["flags"]).reshape(-1, GROUP)
+    valid = (flags == 0) & np.isfinite(e1) & np.isfinite(e2) & np.isfinite(r11) & np.isfinite(r22)
+    keep = valid.all(axis=1)
+    pos, neg = SIGN > 0, SIGN < 0
+    sums = np.stack([e1[:, pos].sum(1), e1[:, neg].sum(1), e2[:, pos].sum(1), e2[:, neg].sum(1),
+                     np.full(len(keep), pos.sum(), float), np.full(len(keep), neg.sum(), float),
+                     r11.sum(1), r22.sum(1)], axis=1)
+    return np.where(keep[:, None], sums, 0.0), keep
+
+
+@dataclass(frozen=True)
+class BiasRun:
+    """Identity of a streaming run (a checkpoint is resumed only if it matches)."""
+
+    method: str
+    method_params: str
+    card: str
+    card_hash: str
+    split: str
+    n: int
+    estimator: str
+    fixnoise: bool
+    chunk_groups: int
+    n_boot: int
+    bootstrap_seed: int
+
+    def key(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+class Accumulator:
+    """Totals and Poisson-bootstrap replicates of the per-group sums, per channel
+    (method, truth) and SNR label; stamp counters."""
+
+    def __init__(self, labels: list[str], n_boot: int):
+        self.labels = list(labels)
+        shape = (len(CHANNELS), len(self.labels))
+        self.sums = np.zeros(shape + (N_COLUMNS,))
+        self.boot = np.zeros(shape + (n_boot, N_COLUMNS))
+        self.counts = np.zeros(shape + (3,), dtype=np.int64)  # stamps, stamps kept, invalid stamps
+
+    def add(self, channel: str, label: str, sums: np.ndarray, keep: np.ndarray, weights: np.ndarray,
+            n_invalid: int) -> None:
+        c, s = CHANNELS.index(channel), self.labels.index(label)
+        self.sums[c, s] += sums.sum(axis=0)
+        self.boot[c, s] += weights @ sums
+        self.counts[c, s] += (GROUP * len(keep), GROUP * int(keep.sum()), n_invalid)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums, "boot": self.boot, "counts": self.counts}
+
+    def load(self, data) -> None:
+        self.sums, self.boot, self.counts = data["sums"], data["boot"], data["counts"]
+
+    def stats(self, channel: str, label: str | None, g_true: float, psf_g1: float | None) -> dict:
+        c = CHANNELS.index(channel)
+        idx = slice(None) if label is None else [self.labels.index(label)]
+        sums = self.sums[c, idx].sum(axis=0)
+        boot = self.boot[c, idx].sum(axis=0)
+        counts = self.counts[c, idx].sum(axis=0)
+        central = {k: float(v) for k, v in _ratio_stats(sums, g_true).items()}
+        replicas = _ratio_stats(boot, g_true)
+        out = dict(central)
+        for key in ("m", "c1", "c"):
+            values = replicas[key][np.isfinite(replicas[key])]
+            out[f"{key}_err"] = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+        out.update(n=int(counts[0]), n_pairs=int(counts[1] // 2), n_groups=int(counts[1] // GROUP),
+                   n_excluded=int(counts[0] - counts[1]), n_invalid=int(counts[2]))
+        if psf_g1:
+            out["alpha"], out["alpha_err"] = out["c1"] / psf_g1, abs(out["c1_err"] / psf_g1)
+        else:
+            out["alpha"] = out["alpha_err"] = None
+        out["requirement"] = requirement_verdict(out)
+        return out
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.npz")
+
+
+def _save_checkpoint(path: Path, acc: Accumulator, meta: dict) -> None:
+    atomic_write(path, lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **acc.arrays()))
+
+
+def _group_digests(arrays: dict[str, np.ndarray], chain: str) -> str:
+    """Extend the digest chain by every group of the chunk (index order)."""
+    n_groups = len(arrays["params"]) // GROUP
+    for g in range(n_groups):
+        hasher = ContentHasher()
+        sl = slice(g * GROUP, (g + 1) * GROUP)
+        for key in CONTENT_KEYS:
+            data = np.asarray(arrays[key][sl])
+            hasher.update(key, data.astype("<f4") if data.dtype.kind == "f" and data.ndim == 3 else data)
+        chain = hashlib.sha256(bytes.fromhex(chain) + bytes.fromhex(hasher.hexdigest())).hexdigest()
+    return chain
+
+
+def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, config: MetacalConfig | None = None,
+             chunk_groups: int = 64, n_boot: int = 200, progress=None, command: str | None = None,
+             stop_after_chunks: int | None = None) -> dict | None:
+    """Streaming bias run (see module docstring); writes the result JSON to ``out`` and
+    returns it. ``stop_after_chunks`` stops early leaving the checkpoint (tests of the
+    resume path); then None is returned."""
+    from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
+
+    config = config or MetacalConfig()
+    if card.kind != "metacal":
+        raise BiasInputError(f"bias needs a constant-shear card (kind = metacal), not {card.name}")
+    spec = card.split(split)
+    if n <= 0 or n % GROUP:
+        raise BiasInputError(f"--n must be a positive multiple of {GROUP}, got {n}")
+    if n > spec.n:
+        raise BiasInputError(f"--n {n} exceeds the {spec.n} stamps of {card.name}/{split}")
+    if chunk_groups < 1 or n_boot < 2:
+        raise BiasInputError("chunk_groups must be >= 1 and n_boot >= 2")
+    out = Path(out)
+    identity = BiasRun(method=method.name, method_params=json.dumps(method.params(), sort_keys=True, default=str),
+                       card=card.name, card_hash=card.card_hash(), split=split, n=n, estimator=config.estimator,
+                       fixnoise=config.fixnoise, chunk_groups=chunk_groups, n_boot=n_boot,
+                       bootstrap_seed=config.bootstrap_seed)
+    levels = card.snr_levels(split)
+    labels = list(dict.fromkeys(snr_labels(np.asarray(sorted(levels), dtype=np.float64))))
+    acc = Accumulator(labels, n_boot)
+    truth_config = replace(config, fixnoise=False)
+    ckpt = _checkpoint_path(out)
+    meta = {"identity": identity.key(), "next_group": 0, "chain": "00" * 32, "seconds": 0.0,
+            "deconv_seconds": 0.0, "metacal_seconds": 0.0, "render_seconds": 0.0, "g_true": 0.0}
+    check_writable(out, "result file")
+    if ckpt.exists():
+        try:
+            with np.load(ckpt) as data:
+                saved = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in ("sums", "boot", "counts")}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise BiasInputError(f"resume checkpoint {ckpt} is corrupt ({exc}); delete it to start over") from None
+        if saved.get("identity") == identity.key():
+            meta = saved
+            acc.load(arrays)
+    n_groups = n // GROUP
+    done_chunks = 0
+    with PeakMemory() as memory:
+        while meta["next_group"] < n_groups:
+            t0 = time.perf_counter()
+            first = meta["next_group"]
+            count = min(chunk_groups, n_groups - first)
+            arrays = render_groups(card, split, first, count)
+            params = arrays["params"]
+            t_render = time.perf_counter() - t0
+            batch = Batch(observed=arrays["observed"].astype(np.float64), psf=arrays["psf"].astype(np.float64),
+                          noise_sigma=arrays["noise_sigma"], pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
+                          target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec)
+            t1 = time.perf_counter()
+            estimate = None if hasattr(method, "metacal_images") else np.asarray(method.deconvolve(batch), np.float64)
+            meta["deconv_seconds"] += time.perf_counter() - t1
+            channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
+            meta["metacal_seconds"] += time.perf_counter() - t1
+            pixel = card.stamp.pixel_scale_arcsec
+            truth_images = metacal_images(arrays["truth"].astype(np.float64), pixel, card.stamp.target_psf_fwhm_arcsec,
+                                          reconv_fwhm(batch.psf, pixel, config.step), step=config.step,
+                                          pad_factor=config.pad_factor, workers=-1)
+            channels["truth"] = measure_images(truth_images, pixel, truth_config)
+            weights = np.random.default_rng([config.bootstrap_seed, first]).poisson(1.0, size=(n_boot, count))
+            group_labels = snr_labels(params["snr_level"][::GROUP])
+            for channel, values in channels.items():
+                sums, keep = group_sums(values)
+                invalid = (np.asarray(values["flags"]) != 0).reshape(-1, GROUP).sum(axis=1)
+                for label in set(group_labels):
+                    mask = group_labels == label
+                    acc.add(channel, label, sums[mask], keep[mask], weights[:, mask], int(invalid[mask].sum()))
+            meta["chain"] = _group_digests(arrays, meta["chain"])
+            meta["g_true"] = float(np.max(np.abs(params["shear_g1"])))
+            meta["next_group"] = first + count
+            meta["seconds"] += time.perf_counter() - t0
+            meta["render_seconds"] += t_render
+            _save_checkpoint(ckpt, acc, meta)
+            if progress:
+                progress(GROUP * count)
+            done_chunks += 1
+            if stop_after_chunks is not None and done_chunks >= stop_after_chunks and meta["next_group"] < n_groups:
+                return None
+    psf_g1 = float(spec.psf_shear[0]) if spec.psf_shear is not None and spec.psf_shear[0] != 0 else None
+    g_true = meta["g_true"]
+    overall = acc.stats("method", None, g_true, psf_g1)
+    floor = acc.stats("truth", None, g_true, psf_g1)
+    block = {
+        "mode": STREAMING_MODE, **config.to_dict(), "n_boot": n_boot, "bootstrap": "poisson over groups",
+        "chunk_groups": chunk_groups, "g_true": g_true, "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT},
+        "leakage_variant": psf_g1 is not None, "psf_g1": psf_g1,
+        "m_floor_truth": floor["m"], "m_floor_truth_err": floor["m_err"],
+        "overall": overall, "by_snr": {label: acc.stats("method", label, g_true, psf_g1) for label in labels},
+        "truth_floor": {"overall": floor,
+                        "by_snr": {label: acc.stats("truth", label, g_true, psf_g1) for label in labels}},
+    }
+    for key in ("m", "m_err", "c", "c_err", "c1", "c1_err", "alpha", "alpha_err", "R11", "R22", "n_pairs"):
+        block[key] = overall.get(key)
+    seconds = meta["seconds"]
+    device = getattr(method, "device", "cpu")
+    versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
+    result = {
+        "schema_version": 1,
+        "method": {"name": method.name, "params": method.params(), "device": device,
+                   "version": getattr(method, "version", versions["deconvbench"])},
+        "dataset": {"card": card.name, "version": card.version, "split": split, "n": n,
+                    "checksum": meta["chain"], "checksum_kind": "stream: sha256 chained over groups",
+                    "card_hash": card.card_hash(), "seed": spec.seed},
+        "versions": versions,
+        "git_commit": git_commit(),
+        "hardware": hardware(device),
+        "metrics": {"overall": {}},
+        "failures": {"stamps_failed": overall["n_invalid"], "first_error": None, "errors": []},
+        "throughput": {"deconv_gal_per_s": n / meta["deconv_seconds"] if meta["deconv_seconds"] > 0 else None,
+                       "deconv_seconds": meta["deconv_seconds"], "device": device,
+                       "stream_seconds": seconds, "render_seconds": meta["render_seconds"],
+                       "stream_gal_per_s": n / seconds if seconds > 0 else None,
+                       "metacal_seconds": meta["metacal_seconds"],
+                       "metacal_gal_per_s": n / meta["metacal_seconds"] if meta["metacal_seconds"] > 0 else None,
+                       "batch_size": GROUP * chunk_groups},
+        "peak_memory_mb": memory.peak_mb,
+        "memory_increase_mb": memory.increase_mb,
+        "timestamp": utc_now(),
+        "command": command,
+        "metacal": block,
+    }
+    write_json_atomic(out, result)
+    ckpt.unlink(missing_ok=True)
+    return result

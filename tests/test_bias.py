@@ -1,0 +1,98 @@
+"""Streaming precision test (deconvbench bias): same numbers as the harness on the same
+stamps, resumable, a stamp digest, accepted by submit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deconvbench import leaderboard
+from deconvbench.bias import STREAMING_MODE, run_bias
+from deconvbench.harness import run_method
+from deconvbench.metacal.measure import MetacalConfig
+from deconvbench.methods import load_method
+from deconvbench.sim.generate import generate
+
+from .conftest import make_card
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def card():
+    return make_card("metacal-offsets", splits={"noiseless": {"n": 128, "seed": 3},
+                                                "leakage": {"n": 128, "seed": 4, "psf_shear": [0.05, 0.0]}})
+
+
+@pytest.fixture(scope="module")
+def streamed(card, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bias") / "bias.json"
+    return run_bias(load_method("fft"), card, "noiseless", N, out, chunk_groups=4)
+
+
+def test_stream_equals_the_harness_on_the_same_stamps(card, streamed, tmp_path):
+    path = tmp_path / "noiseless.h5"
+    generate(card, "noiseless", path, n=N)
+    harness = run_method(load_method("fft"), path, tmp_path / "r.json", batch_size=32, metacal=MetacalConfig())
+    block = streamed["metacal"]
+    assert block["mode"] == STREAMING_MODE
+    for key in ("m", "c", "c1", "R11", "R22"):
+        assert block[key] == pytest.approx(harness["metacal"][key], rel=1e-9, abs=1e-15), key
+    assert block["n_pairs"] == N // 2
+    # Poisson bootstrap over groups vs the harness's multinomial one: same size of error
+    assert block["m_err"] == pytest.approx(harness["metacal"]["m_err"], rel=0.5)
+    # the run's own floor: metacal of the truth images of the same stamps
+    assert block["m_floor_truth"] == pytest.approx(block["truth_floor"]["overall"]["m"])
+    assert abs(block["m"] - block["m_floor_truth"]) < 5e-6
+    assert set(streamed) == set(harness)  # the result-file layout of run --metacal
+
+
+def test_resume_after_a_kill_gives_the_same_result(card, streamed, tmp_path):
+    out = tmp_path / "bias.json"
+    assert run_bias(load_method("fft"), card, "noiseless", N, out, chunk_groups=4, stop_after_chunks=2) is None
+    assert not out.exists() and out.with_name(out.name + ".partial.npz").exists()
+    resumed = run_bias(load_method("fft"), card, "noiseless", N, out, chunk_groups=4)
+    assert not out.with_name(out.name + ".partial.npz").exists()
+    for key in ("m", "m_err", "c", "c_err", "m_floor_truth"):
+        assert resumed["metacal"][key] == streamed["metacal"][key], key
+    assert resumed["dataset"]["checksum"] == streamed["dataset"]["checksum"]
+
+
+def test_stamp_digest_depends_on_the_stamps_not_on_chunking(card, streamed, tmp_path):
+    other_chunks = run_bias(load_method("fft"), card, "noiseless", N, tmp_path / "a.json", chunk_groups=16)
+    assert other_chunks["dataset"]["checksum"] == streamed["dataset"]["checksum"]
+    assert other_chunks["metacal"]["m"] == pytest.approx(streamed["metacal"]["m"], rel=1e-12)
+    reseeded = make_card("metacal-offsets", splits={"noiseless": {"n": 128, "seed": 5}})
+    other = run_bias(load_method("fft"), reseeded, "noiseless", N, tmp_path / "b.json", chunk_groups=16)
+    assert other["dataset"]["checksum"] != streamed["dataset"]["checksum"]
+
+
+def test_leakage_alpha_and_floor(card, tmp_path):
+    res = run_bias(load_method("fft"), card, "leakage", N, tmp_path / "l.json", chunk_groups=8)["metacal"]
+    assert res["psf_g1"] == 0.05 and res["alpha"] == pytest.approx(res["c1"] / 0.05)
+    assert abs(res["alpha"]) < 1e-4 and abs(res["truth_floor"]["overall"]["alpha"]) < 1e-6
+
+
+def test_submit_accepts_a_stream_result_with_its_published_digest(streamed, monkeypatch, tmp_path):
+    digest = streamed["dataset"]["checksum"]
+    data = json.loads(json.dumps(streamed, default=float))
+    data["dataset"]["card"], data["dataset"]["version"] = "metacal-offsets", "2"
+    published = {("noiseless:stream", N): digest}
+    monkeypatch.setattr(leaderboard, "expected_checksum", lambda card, split, n: published.get((split, n)))
+    leaderboard.validate_result(data)
+    assert leaderboard.canonical_name(data) == "metacal-offsets-v2_noiseless_fft_bias.json"
+    data["dataset"]["checksum"] = "0" * 64
+    with pytest.raises(leaderboard.SubmissionError, match="checksum"):
+        leaderboard.validate_result(data)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "bias", "--method", "fft", "--card", "smoke",
+                           "--split", "test", "--n", "8", "--out", str(tmp_path / "x.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "metacal" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
