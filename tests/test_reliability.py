@@ -235,14 +235,15 @@ def test_corrupt_checkpoint_is_a_data_error(smoke_test_file, tmp_path):
 
 
 # -- 6. sizes beyond the split --------------------------------------------------------------
-def test_n_beyond_the_split_is_refused():
+def test_n_beyond_the_split_is_refused(tmp_path):
     card = load_run_card("smoke")
     assert check_n(card, "test", None) == 64 and check_n(card, "test", 64) == 64
     for bad in (0, 65, 128):
         with pytest.raises(UsageError, match="between 1 and 64"):
             check_n(card, "test", bad)
-    proc = _cli("generate", "smoke", "--split", "test", "--n", "96", "--out", "/tmp/never-written.h5")
+    proc = _cli("generate", "smoke", "--split", "test", "--n", "96", "--out", str(tmp_path / "x.h5"))
     assert proc.returncode == 2 and "between 1 and 64" in proc.stderr
+    assert not list(tmp_path.iterdir())
 
 
 # -- 7. training generates only what it uses -------------------------------------------------

@@ -35,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from deconvbench.atomic import atomic_write
+
 from .config import DeconvNetConfig
-from .convert import atomic_write, save_weights
+from .convert import save_weights
 from .normalise import denormalise, normalise, normalise_target
 
 FRAMEWORKS = ("jax", "torch")
@@ -89,9 +91,6 @@ def nmse_per_stamp(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
     num = ((est - tru) ** 2).reshape(len(tru), -1).sum(axis=1)
     den = (tru**2).reshape(len(tru), -1).sum(axis=1)
     return num / np.where(den > 0, den, np.nan)
-
-
-# -- atomic file helpers -----------------------------------------------------------------
 
 
 # -- backends ----------------------------------------------------------------------------
