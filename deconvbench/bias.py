@@ -41,7 +41,7 @@ import numpy as np
 
 from .atomic import atomic_write, check_writable, write_json_atomic
 from .cards import DatasetCard
-from .errors import DeconvbenchError
+from .errors import DeconvbenchError, MethodError
 from .metacal.bias import _ratio_stats
 from .metacal.measure import (
     C_REQUIREMENT,
@@ -161,6 +161,20 @@ class Accumulator:
         return out
 
 
+def _deconvolve(method, batch: Batch, first_group: int) -> np.ndarray:
+    """The method's estimate as float64; a crash or a wrong shape stops the run with one line
+    (a stream cannot skip stamps without changing the sums it reports)."""
+    try:
+        estimate = np.asarray(method.deconvolve(batch), np.float64)
+    except Exception as exc:
+        raise MethodError(
+            f"method {method.name} raised on groups from {first_group}: {type(exc).__name__}: {exc}"
+        ) from None
+    if estimate.shape != batch.observed.shape:
+        raise MethodError(f"method {method.name} returned shape {estimate.shape}, expected {batch.observed.shape}")
+    return estimate
+
+
 def _checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.npz")
 
@@ -237,7 +251,9 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
                           noise_sigma=arrays["noise_sigma"], pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
                           target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec)
             t1 = time.perf_counter()
-            estimate = None if hasattr(method, "metacal_images") else np.asarray(method.deconvolve(batch), np.float64)
+            estimate = None if hasattr(method, "metacal_images") else _deconvolve(method, batch, first)
+            if estimate is not None:
+                meta["nonfinite"] = meta.get("nonfinite", 0) + int((~np.isfinite(estimate).all(axis=(1, 2))).sum())
             meta["deconv_seconds"] += time.perf_counter() - t1
             channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
             meta["metacal_seconds"] += time.perf_counter() - t1
@@ -293,8 +309,11 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
         "versions": versions,
         "git_commit": git_commit(),
         "hardware": hardware(device),
-        "metrics": {"overall": {}},
-        "failures": {"stamps_failed": overall["n_invalid"], "first_error": None, "errors": []},
+        # image metrics are not computed by the stream (no truth comparison per stamp)
+        "metrics": {"overall": {"count": n - meta.get("nonfinite", 0), "failures": meta.get("nonfinite", 0)}},
+        "failures": {"stamps_failed": meta.get("nonfinite", 0), "raised": 0, "wrong_shape": 0,
+                     "nonfinite": meta.get("nonfinite", 0), "metacal_flagged": overall["n_invalid"],
+                     "first_error": None, "errors": []},
         "throughput": {"deconv_gal_per_s": n / meta["deconv_seconds"] if meta["deconv_seconds"] > 0 else None,
                        "deconv_seconds": meta["deconv_seconds"], "device": device,
                        "stream_seconds": seconds, "render_seconds": meta["render_seconds"],

@@ -84,7 +84,7 @@ def test_submit_accepts_a_stream_result_with_its_published_digest(streamed, monk
     published = {("noiseless:stream", N): digest}
     monkeypatch.setattr(leaderboard, "expected_checksum", lambda card, split, n: published.get((split, n)))
     leaderboard.validate_result(data)
-    assert leaderboard.canonical_name(data) == "metacal-offsets-v2_noiseless_fft_bias.json"
+    assert leaderboard.canonical_name(data) == "metacal-offsets-v2_noiseless_n64_fft_bias.json"
     data["dataset"]["checksum"] = "0" * 64
     with pytest.raises(leaderboard.SubmissionError, match="checksum"):
         leaderboard.validate_result(data)
