@@ -226,7 +226,7 @@ def run(
     method: List[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset HDF5 file"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="card name (generated if missing); "
-                                          "with --metacal default metacal-v1"),
+                                          "with --metacal default metacal-v2"),
     split: Optional[str] = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
     n: Optional[int] = typer.Option(None, "--n", help="use only the first N stamps of each split"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
@@ -238,7 +238,7 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
     strict: bool = typer.Option(False, "--strict", help="exit non-zero if any stamp failed"),
     metacal: bool = typer.Option(False, "--metacal", help="also run metacalibration: shear bias m, c, alpha and "
-                                 "metacal throughput (needs a constant-shear card, e.g. metacal-v1)"),
+                                 "metacal throughput (needs a constant-shear card, e.g. metacal-v2)"),
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
     workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
@@ -317,7 +317,7 @@ def _resolve_runs(data: Optional[Path], dataset: Optional[str], split: Optional[
         return [_resolve_data(data, dataset, split, n, workers)]
     from .cards import load_card
 
-    card = load_card(dataset or "metacal-v1")
+    card = load_card(dataset or "metacal-v2")
     if card.kind != "metacal":
         raise DeconvbenchError(f"--metacal needs a constant-shear card (kind = metacal), not {card.name}")
     splits = [split] if split else list(card.splits)
@@ -459,7 +459,7 @@ def ensure_dataset(card_name: str, split: str, n: int | None = None, workers: in
 @app.command()
 def train(
     framework: str = typer.Option("torch", "--framework", help="jax or torch"),
-    dataset: str = typer.Option("ground-v1", "--dataset", help="card whose train/val splits are used"),
+    dataset: str = typer.Option("ground-v2", "--dataset", help="card whose train/val splits are used"),
     epochs: int = typer.Option(20, "--epochs", help="total epochs (a resumed run continues up to this)"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate"),
@@ -626,6 +626,34 @@ def demo(
           "the full test is `deconvbench run --method NAME --metacal`)")
     print(metacal_table(mcal_results))
     err_console.print(f"result files in {escape(str(out))}/", highlight=False)
+
+
+# --- validate-render (logic in deconvbench.sim.validate) ---------------------------------
+@app.command("validate-render")
+def validate_render_command(
+    card: str = typer.Argument(..., help="dataset card name or TOML path"),
+    n: int = typer.Option(64, "--n", help="stamps to compare (the first n of the split)"),
+    split: Optional[str] = typer.Option(None, "--split", "-s", help="split (default: the card's first)"),
+    tolerance: float = typer.Option(1e-4, "--tolerance", help="exit 1 if max|Δ|/peak or |flux ratio − 1| exceeds it"),
+) -> None:
+    """Compare the fast renderer with GalSim drawImage: max/rms |fast − reference|/peak and flux ratio."""
+    from .cards import load_card
+    from .sim.validate import validate_render
+
+    dataset_card = load_card(card)
+    split = split or next(iter(dataset_card.splits))
+    dataset_card.split(split)
+    if n <= 0:
+        raise DeconvbenchError(f"--n must be positive, got {n}")
+    rows = validate_render(dataset_card, split, n)
+    print(tabulate([[r.by, r.name, r.image, r.n, f"{r.max_rel:.2e}", f"{r.rms_rel:.2e}",
+                     f"{r.flux_ratio_min - 1:+.2e}", f"{r.flux_ratio_max - 1:+.2e}"] for r in rows],
+                   headers=["by", "name", "image", "stamps", "max |Δ|/peak", "rms over stamps",
+                            "min flux ratio − 1", "max flux ratio − 1"], tablefmt="simple"))
+    failing = [r for r in rows if not r.passes(tolerance)]
+    if failing:
+        err_console.print(f"{len(failing)} row(s) above tolerance {tolerance:g}", highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:
