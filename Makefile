@@ -27,16 +27,16 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Every committed result file and leaderboard.md, from scratch (about an hour on 2 cores:
-# generates ground-v1/test, space-v1/test and metacal-v1, runs every method, submits).
+# generates ground-v2/test, space-v2/test and metacal-v2, runs every method, submits).
 METHODS_ALL := --method fft --method wiener --method richardson-lucy --method galsim-mcal
 METHODS_NET := --method deconvnet-jax --method deconvnet-torch
 results: install
-	$(BIN)/deconvbench run $(METHODS_ALL) $(METHODS_NET) --dataset ground-v1 --split test --out out/results -j 2
-	$(BIN)/deconvbench run $(METHODS_ALL) --dataset space-v1 --split test --out out/results -j 2
+	$(BIN)/deconvbench run $(METHODS_ALL) $(METHODS_NET) --dataset ground-v2 --split test --out out/results -j 2
+	$(BIN)/deconvbench run $(METHODS_ALL) --dataset space-v2 --split test --out out/results -j 2
 	for m in fft wiener galsim-mcal deconvnet-torch; do \
-	  $(BIN)/deconvbench run --method $$m --metacal --dataset metacal-v1 --out out/results -j 2 || exit 1; done
-	$(BIN)/deconvbench run --method fft --metacal --fixnoise --dataset metacal-v1 --split snr50 \
-	  --out out/results/fft_metacal-v1-v1_snr50_fixnoise.json
+	  $(BIN)/deconvbench run --method $$m --metacal --dataset metacal-v2 --out out/results -j 2 || exit 1; done
+	$(BIN)/deconvbench run --method fft --metacal --fixnoise --dataset metacal-v2 --split snr50 \
+	  --out out/results/fft_metacal-v2-v2_snr50_fixnoise.json
 	for f in out/results/*.json; do $(BIN)/deconvbench submit --replace "$$f" || exit 1; done
 	$(BIN)/deconvbench leaderboard
 

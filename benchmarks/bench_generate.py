@@ -1,4 +1,4 @@
-"""Dataset generation speed (GalSim rendering, noise, HDF5 writing)."""
+"""Dataset generation speed (Fourier-space rendering, noise, HDF5 writing)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from deconvbench.sim.generate import generate
 
 
 class Generate:
-    """Generate the first 256 stamps of a card's test split with one worker."""
+    """Generate the first 256 stamps of a card's first split with one worker."""
 
-    params = ["ground-v1", "space-v1"]
+    params = ["ground-v2", "space-v2", "metacal-v2", "superbit-v2"]
     param_names = ["card"]
     number = 1
     repeat = (1, 3, 60.0)
@@ -21,13 +21,14 @@ class Generate:
 
     def setup(self, card):
         self.card = load_card(card)
+        self.split = next(iter(self.card.splits))
         self.folder = Path(tempfile.mkdtemp(prefix="deconvbench-asv-gen-"))
 
     def teardown(self, card):
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def time_generate_256(self, card):
-        generate(self.card, "test", self.folder / "out.h5", n=256, workers=1)
+        generate(self.card, self.split, self.folder / "out.h5", n=256, workers=1)
 
     def peakmem_generate_256(self, card):
-        generate(self.card, "test", self.folder / "peak.h5", n=256, workers=1)
+        generate(self.card, self.split, self.folder / "peak.h5", n=256, workers=1)

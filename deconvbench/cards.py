@@ -25,8 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import CardError
 
-PSF_FAMILIES = ("gaussian", "moffat", "kolmogorov", "optical", "ground", "psfex")
-GALAXY_PROFILES = ("exponential", "devaucouleurs", "bulge+disk", "disk+knots", "gaussian")
+
+
+def _known(kind: str) -> list[str]:
+    """Names registered in :mod:`deconvbench.sim.registry` (imported lazily: it loads GalSim)."""
+    from .sim import registry
+
+    return registry.galaxy_profile_names() if kind == "galaxy" else registry.psf_family_names()
 
 
 class _Strict(BaseModel):
@@ -91,9 +96,10 @@ class GalaxySpec(_Strict):
     def _known_profiles(cls, value: dict[str, float]):
         if not value:
             raise ValueError("at least one profile is needed")
+        known = _known("galaxy")
         for name, weight in value.items():
-            if name not in GALAXY_PROFILES:
-                raise ValueError(f"unknown profile {name!r} (known: {', '.join(GALAXY_PROFILES)})")
+            if name not in known:
+                raise ValueError(f"unknown profile {name!r} (known: {', '.join(known)})")
             if not (weight > 0 and math.isfinite(weight)):
                 raise ValueError(f"profile weight for {name!r} must be > 0")
         return value
@@ -101,9 +107,12 @@ class GalaxySpec(_Strict):
 
 class PSFSpec(_Strict):
     """PSF families and their parameter ranges. ``ellipticity_max`` is the maximum |g| of the
-    PSF shear, drawn uniformly in |g| with a random position angle."""
+    PSF shear, drawn uniformly in |g| with a random position angle. ``galaxies_per_psf``
+    consecutive galaxies share one PSF (a metacal galaxy is 4 stamps), as galaxies of one
+    exposure do; the family is the same within such a PSF group."""
 
     families: dict[str, float]
+    galaxies_per_psf: int = Field(1, ge=1, le=4096, description="consecutive galaxies sharing one PSF")
     fwhm_arcsec: Range = Range(min=0.6, max=1.1)
     ellipticity_max: float = Field(0.05, ge=0, lt=0.5)
     moffat_beta: Range = Range(min=2.5, max=4.5)
@@ -122,9 +131,10 @@ class PSFSpec(_Strict):
     def _known_families(cls, value: dict[str, float]):
         if not value:
             raise ValueError("at least one PSF family is needed")
+        known = _known("psf")
         for name, weight in value.items():
-            if name not in PSF_FAMILIES:
-                raise ValueError(f"unknown PSF family {name!r} (known: {', '.join(PSF_FAMILIES)})")
+            if name not in known:
+                raise ValueError(f"unknown PSF family {name!r} (known: {', '.join(known)})")
             if not (weight > 0 and math.isfinite(weight)):
                 raise ValueError(f"family weight for {name!r} must be > 0")
         return value

@@ -220,3 +220,15 @@ def bias_table(result: dict) -> str:
         for label, s in block["by_snr"].items()
     ]
     return tabulate(rows, headers=["SNR", "N", "m ± σm", "c ± σc", "m floor (truth)", "<R11>"])
+
+
+def render_validation_table(rows) -> str:
+    """The table of ``deconvbench validate-render`` (rows of :func:`deconvbench.sim.validate.validate_render`)."""
+    body = [
+        [r.by, r.name, r.image, r.n, f"{r.max_rel:.2e}", f"{r.rms_rel:.2e}",
+         f"{r.flux_ratio_min - 1:+.2e}", f"{r.flux_ratio_max - 1:+.2e}"]
+        for r in rows
+    ]
+    headers = ["by", "name", "image", "stamps", "max |Δ|/peak", "rms over stamps", "min flux ratio − 1",
+               "max flux ratio − 1"]
+    return tabulate(body, headers=headers, tablefmt="simple")

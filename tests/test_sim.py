@@ -66,27 +66,30 @@ def test_gaussian_galaxy_gaussian_psf_is_analytic(size):
 
 
 def _direct_galsim(row, n, scale, target_fwhm):
-    """Re-render a stamp from its params row with plain GalSim calls (no deconvbench code)."""
+    """Re-render a stamp from its params row with plain GalSim calls (no deconvbench code),
+    at tight settings: FFT grids of 512² (no wrap-around), k-space out to 1e-6 of the flux."""
+    gsp = galsim.GSParams(minimum_fft_size=512, maxk_threshold=1e-6)
     hlr, flux = row["gal_hlr_arcsec"], row["gal_flux"]
     profile = row["gal_profile"].decode()
     if profile == "bulge+disk":
         bf = row["gal_bulge_fraction"]
-        gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - bf) * flux) + galsim.DeVaucouleurs(
-            half_light_radius=row["gal_bulge_hlr_arcsec"], flux=bf * flux, trunc=row["gal_trunc_arcsec"])
+        gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - bf) * flux, gsparams=gsp) + galsim.DeVaucouleurs(
+            half_light_radius=row["gal_bulge_hlr_arcsec"], flux=bf * flux, trunc=row["gal_trunc_arcsec"], gsparams=gsp)
     else:
         kf = row["gal_knots_flux_fraction"]
-        gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - kf) * flux) + galsim.RandomKnots(
+        gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - kf) * flux, gsparams=gsp) + galsim.RandomKnots(
             int(row["gal_knots_n"]), half_light_radius=hlr, flux=kf * flux,
-            rng=galsim.BaseDeviate(int(row["gal_knots_seed"])))
+            rng=galsim.BaseDeviate(int(row["gal_knots_seed"])), gsparams=gsp)
     gal = gal.shear(g1=row["gal_g1"], g2=row["gal_g2"]).rotate(row["rotation_deg"] * galsim.degrees)
     gal = gal.shear(g1=row["shear_g1"], g2=row["shear_g2"])
     gal = gal.shift(row["offset_x_pix"] * scale, row["offset_y_pix"] * scale)
     assert row["psf_family"].decode() == "moffat"
-    psf = galsim.Moffat(beta=row["psf_beta"], fwhm=row["psf_fwhm_arcsec"]).shear(g1=row["psf_g1"], g2=row["psf_g2"])
+    psf = galsim.Moffat(beta=row["psf_beta"], fwhm=row["psf_fwhm_arcsec"], gsparams=gsp).shear(
+        g1=row["psf_g1"], g2=row["psf_g2"])
     offset = (0.5, 0.5) if n % 2 == 0 else (0.0, 0.0)
     kw = dict(nx=n, ny=n, scale=scale, offset=offset)
     noiseless = galsim.Convolve(gal, psf).drawImage(**kw).array
-    truth = galsim.Convolve(gal, galsim.Gaussian(fwhm=target_fwhm)).drawImage(**kw).array
+    truth = galsim.Convolve(gal, galsim.Gaussian(fwhm=target_fwhm, gsparams=gsp)).drawImage(**kw).array
     psf_image = psf.drawImage(**kw).array
     return noiseless, truth, psf_image / psf_image.sum()
 
@@ -101,9 +104,10 @@ def test_stamps_equal_direct_galsim_rendering(smoke_test_file):
         for i in picks:
             noiseless, truth, psf = _direct_galsim(params[i], ds.stamp_size, ds.pixel_scale_arcsec,
                                                    ds.target_psf_fwhm_arcsec)
-            np.testing.assert_allclose(ds.read("noiseless", i, i + 1)[0], noiseless, rtol=0, atol=1e-6 * noiseless.max())
-            np.testing.assert_allclose(ds.read("truth", i, i + 1)[0], truth, rtol=0, atol=1e-6 * truth.max())
-            np.testing.assert_allclose(ds.read("psf", i, i + 1)[0], psf, rtol=0, atol=1e-7)
+            # the issue's contract: max |fast − GalSim| ≤ 1e-4 of the peak (measured: ≤ 2e-5)
+            np.testing.assert_allclose(ds.read("noiseless", i, i + 1)[0], noiseless, rtol=0, atol=1e-4 * noiseless.max())
+            np.testing.assert_allclose(ds.read("truth", i, i + 1)[0], truth, rtol=0, atol=1e-4 * truth.max())
+            np.testing.assert_allclose(ds.read("psf", i, i + 1)[0], psf, rtol=0, atol=1e-4 * psf.max())
 
 
 def test_noise_has_unit_variance_and_snr_is_matched_filter(smoke_test_file):

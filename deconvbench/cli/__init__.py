@@ -45,7 +45,7 @@ def _root(
     """Benchmark and dataset suite for PSF deconvolution of galaxy images (weak lensing)."""
 
 
-from . import bias, demo, generate, leaderboard, listing, report, run, submit, train, verify  # noqa: E402,F401  (registers)
+from . import bias, demo, generate, leaderboard, listing, report, run, submit, train, validate_render, verify  # noqa: E402,F401  (registers)
 
 
 def _raise_interrupt(signum, frame):

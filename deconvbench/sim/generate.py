@@ -1,8 +1,9 @@
 """Parallel, deterministic generation of a dataset split into one HDF5 file.
 
-Work is cut into chunks of groups; workers (processes) render chunks independently and
-the main process writes them in index order. Every stamp depends only on (card, split,
-index), so the output, and its checksum, is bit-identical for any ``workers``.
+Work is cut into chunks of whole PSF groups (galaxies sharing one PSF); workers
+(processes) render chunks independently and the main process writes them in index
+order. Every stamp depends only on (card, split, index), so the output, and its
+checksum, is bit-identical for any ``workers``.
 
 Interruption: Ctrl-C/SIGTERM of the main process cancels the pending chunks, terminates
 the workers and removes the ``.partial`` file before re-raising. Workers also watch their
@@ -24,15 +25,16 @@ from typing import Callable
 
 import galsim
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import __version__
 from ..cards import DatasetCard
 from ..errors import CardError, DeconvbenchError
 from ..store import DatasetWriter
 from .render import render_group
-from .sampling import PARAMS_DTYPE, draw_group, group_size
+from .sampling import card_params_dtype, draw_galaxies, group_size
 
-CHUNK_GROUPS = 16
+CHUNK_STAMPS = 32  # stamps per chunk, rounded up to whole PSF groups
 
 
 @dataclass
@@ -52,18 +54,23 @@ class GenerationReport:
         return self.n / self.seconds if self.seconds > 0 else float("inf")
 
 
-def render_chunk(card_json: str, split: str, first_group: int, n_groups: int) -> dict[str, np.ndarray]:
-    """Render ``n_groups`` consecutive groups (runs in a worker process)."""
+def render_chunk(card_json: str, split: str, first_galaxy: int, n_galaxies: int) -> dict[str, np.ndarray]:
+    """Render ``n_galaxies`` consecutive galaxies (runs in a worker process)."""
     card = DatasetCard.model_validate_json(card_json)
-    parts = []
-    for group in range(first_group, first_group + n_groups):
-        rows = draw_group(card, split, group)
+    rows = draw_galaxies(card, split, first_galaxy, n_galaxies)
+    with threadpool_limits(1):  # small matrix products: BLAS threads only add overhead
         images = render_group(card, rows)
-        images["params"] = rows
-        images["noise_sigma"] = rows["noise_sigma"].copy()
-        images["snr"] = rows["snr"].copy()
-        parts.append(images)
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    images["params"] = rows
+    images["noise_sigma"] = rows["noise_sigma"].copy()
+    images["snr"] = rows["snr"].copy()
+    return images
+
+
+def chunk_galaxies(card: DatasetCard) -> int:
+    """Galaxies per chunk: whole PSF groups, about ``CHUNK_STAMPS`` stamps."""
+    per_psf = card.psf.galaxies_per_psf
+    stamps_per_psf = per_psf * group_size(card)
+    return per_psf * max(1, -(-CHUNK_STAMPS // stamps_per_psf))
 
 
 WATCH_PARENT_SECONDS = 0.5
@@ -125,11 +132,12 @@ def generate(
         raise CardError(f"--n must be a positive multiple of {size} for card {card.name!r}, got {n}")
     if workers < 1:
         raise DeconvbenchError(f"--workers must be >= 1, got {workers}")
-    n_groups = n // size
-    chunks = [(g, min(CHUNK_GROUPS, n_groups - g)) for g in range(0, n_groups, CHUNK_GROUPS)]
+    n_galaxies = n // size
+    step = chunk_galaxies(card)
+    chunks = [(g, min(step, n_galaxies - g)) for g in range(0, n_galaxies, step)]
     card_json = card.model_dump_json()
     start = time.perf_counter()
-    with DatasetWriter(out, n, card.stamp.size, PARAMS_DTYPE, file_attrs(card, split, n)) as writer:
+    with DatasetWriter(out, n, card.stamp.size, card_params_dtype(card), file_attrs(card, split, n)) as writer:
         if workers == 1:
             for first, count in chunks:
                 arrays = render_chunk(card_json, split, first, count)

@@ -1,31 +1,50 @@
-"""PSF families.
+"""PSF families, registered with their ``params`` columns and draws.
 
 Every PSF is a GalSim profile in arcsec built from one ``params`` row. Families:
 
-* ``gaussian``, ``moffat``, ``kolmogorov``: FWHM (arcsec) and shear (g1, g2);
+* ``gaussian``, ``moffat``, ``kolmogorov``: FWHM (arcsec) (and Moffat beta);
 * ``optical``: Airy with central obscuration and low-order Zernike aberrations (waves):
-  defocus, astigmatism, coma, trefoil, spherical (``galsim.OpticalPSF``), then sheared;
-* ``ground``: Kolmogorov atmosphere ⊗ optical, then sheared;
+  defocus, astigmatism, coma, trefoil, spherical (``galsim.OpticalPSF``);
+* ``ground``: Kolmogorov atmosphere ⊗ optical;
 * ``psfex``: an empirical PSFEx model (e.g. SuperBIT) evaluated at a focal-plane
   position (image pixels). PSFEx models already include the pixel response, so stamps
-  at the model's pixel scale are drawn with ``method='no_pixel'`` (see :func:`draw_method`).
+  at the model's pixel scale are drawn without another pixel (see :func:`includes_pixel`).
 
-The *effective* PSF (optics ⊗ atmosphere ⊗ pixel) is what ends up in the ``psf`` images.
+Every family's profile is then sheared by the row's (``psf_g1``, ``psf_g2``). The
+*effective* PSF (optics ⊗ atmosphere ⊗ pixel) is what ends up in the ``psf`` images.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import galsim
 import galsim.des  # noqa: F401  (PSFEx reader; not imported by `import galsim`)
+import numpy as np
 
 from ..cards import psf_models_dir
-from .galaxies import _as_str
+from .galaxies import _as_str, _uniform
+from .registry import Component, Param, register
 
 ABERRATIONS = ("defocus", "astig1", "astig2", "coma1", "coma2", "trefoil1", "trefoil2", "spher")
+_NOLL = {"defocus": 4, "astig1": 5, "astig2": 6, "coma1": 7, "coma2": 8, "trefoil1": 9, "trefoil2": 10, "spher": 11}
+
+FWHM = Param("psf_fwhm_arcsec", "f8", "arcsec", "FWHM of the Gaussian/Moffat/Kolmogorov (atmosphere) profile")
+BETA = Param("psf_beta", "f8", "", "Moffat index beta")
+LOD = Param("psf_lam_over_diam_arcsec", "f8", "arcsec", "lambda/D of the optical (Airy) PSF")
+OBSCURATION = Param("psf_obscuration", "f8", "", "linear central obscuration of the aperture (fraction of D)")
+ABERRATION_PARAMS = tuple(
+    Param(f"psf_{name}", "f8", "waves", f"Zernike coefficient {name} (Noll index {_NOLL[name]})") for name in ABERRATIONS
+)
+PSFEX = (
+    Param("psfex_model", "S64", "", "PSFEx model file, relative to datasets/psf-models/"),
+    Param("psfex_x", "f8", "pixel", "focal-plane x position at which the model is evaluated (image pixels)"),
+    Param("psfex_y", "f8", "pixel", "focal-plane y position at which the model is evaluated (image pixels)"),
+    Param("psfex_pixel_scale_arcsec", "f8", "arcsec/pixel", "pixel scale of the PSFEx model"),
+)
 
 
 @functools.lru_cache(maxsize=32)
@@ -36,49 +55,100 @@ def _psfex_model(name: str, pixel_scale_arcsec: float) -> "galsim.des.DES_PSFEx"
     return galsim.des.DES_PSFEx(str(path), wcs=galsim.PixelScale(pixel_scale_arcsec))
 
 
+def _draw_fwhm(rng, spec, base) -> dict:
+    return {"psf_fwhm_arcsec": _uniform(rng, spec.fwhm_arcsec)}
+
+
+def _draw_moffat(rng, spec, base) -> dict:
+    return {"psf_fwhm_arcsec": _uniform(rng, spec.fwhm_arcsec), "psf_beta": _uniform(rng, spec.moffat_beta)}
+
+
+def _draw_optical(rng, spec, base) -> dict:
+    values = {"psf_lam_over_diam_arcsec": _uniform(rng, spec.lam_over_diam_arcsec),
+              "psf_obscuration": _uniform(rng, spec.obscuration)}
+    rms = _uniform(rng, spec.aberration_rms_waves)
+    aberrations = rng.normal(0.0, 1.0, size=len(ABERRATIONS))
+    aberrations *= rms / max(math.sqrt(np.mean(aberrations**2)), 1e-12)
+    values.update({f"psf_{name}": float(v) for name, v in zip(ABERRATIONS, aberrations)})
+    return values
+
+
+def _draw_ground(rng, spec, base) -> dict:
+    return {**_draw_fwhm(rng, spec, base), **_draw_optical(rng, spec, base)}
+
+
+def _draw_psfex(rng, spec, base) -> dict:
+    return {"psfex_model": spec.psfex_models[int(rng.integers(len(spec.psfex_models)))],
+            "psfex_x": float(rng.uniform(0.0, spec.psfex_field_pixels[0])),
+            "psfex_y": float(rng.uniform(0.0, spec.psfex_field_pixels[1])),
+            "psfex_pixel_scale_arcsec": spec.psfex_pixel_scale_arcsec}
+
+
 def _optical(row: Mapping[str, Any], gsparams: galsim.GSParams) -> galsim.GSObject:
     # Zernike coefficients in waves, Noll ordering starting at index 4 (defocus).
     aberrations = [0.0] * 4 + [float(row[f"psf_{name}"]) for name in ABERRATIONS]
-    return galsim.OpticalPSF(
-        lam_over_diam=float(row["psf_lam_over_diam_arcsec"]),
-        obscuration=float(row["psf_obscuration"]),
-        aberrations=aberrations,
-        gsparams=gsparams,
-    )
+    return galsim.OpticalPSF(lam_over_diam=float(row["psf_lam_over_diam_arcsec"]),
+                             obscuration=float(row["psf_obscuration"]), aberrations=aberrations, gsparams=gsparams)
+
+
+def _gaussian(row, gsp):
+    return galsim.Gaussian(fwhm=float(row["psf_fwhm_arcsec"]), gsparams=gsp)
+
+
+def _moffat(row, gsp):
+    return galsim.Moffat(beta=float(row["psf_beta"]), fwhm=float(row["psf_fwhm_arcsec"]), gsparams=gsp)
+
+
+def _kolmogorov(row, gsp):
+    return galsim.Kolmogorov(fwhm=float(row["psf_fwhm_arcsec"]), gsparams=gsp)
+
+
+def _ground(row, gsp):
+    return galsim.Convolve([_kolmogorov(row, gsp), _optical(row, gsp)])
+
+
+def _psfex(row, gsp):
+    model = _psfex_model(_as_str(row["psfex_model"]), float(row["psfex_pixel_scale_arcsec"]))
+    return model.getPSF(galsim.PositionD(float(row["psfex_x"]), float(row["psfex_y"])), gsparams=gsp)
+
+
+for _component in (
+    Component("psf", "gaussian", (FWHM,), _draw_fwhm, _gaussian),
+    Component("psf", "moffat", (FWHM, BETA), _draw_moffat, _moffat),
+    Component("psf", "kolmogorov", (FWHM,), _draw_fwhm, _kolmogorov),
+    Component("psf", "optical", (LOD, OBSCURATION, *ABERRATION_PARAMS), _draw_optical, _optical),
+    Component("psf", "ground", (FWHM, LOD, OBSCURATION, *ABERRATION_PARAMS), _draw_ground, _ground),
+    Component("psf", "psfex", PSFEX, _draw_psfex, _psfex),
+):
+    register(_component)
 
 
 def build_psf(row: Mapping[str, Any], gsparams: galsim.GSParams) -> galsim.GSObject:
-    """GalSim profile of the PSF described by ``row`` (arcsec)."""
+    """GalSim profile of the PSF described by ``row`` (arcsec), without the pixel."""
+    from .registry import psf_family
+
     family = _as_str(row["psf_family"])
-    fwhm = float(row["psf_fwhm_arcsec"])
-    if family == "gaussian":
-        psf = galsim.Gaussian(fwhm=fwhm, gsparams=gsparams)
-    elif family == "moffat":
-        psf = galsim.Moffat(beta=float(row["psf_beta"]), fwhm=fwhm, gsparams=gsparams)
-    elif family == "kolmogorov":
-        psf = galsim.Kolmogorov(fwhm=fwhm, gsparams=gsparams)
-    elif family == "optical":
-        psf = _optical(row, gsparams)
-    elif family == "ground":
-        psf = galsim.Convolve([galsim.Kolmogorov(fwhm=fwhm, gsparams=gsparams), _optical(row, gsparams)])
-    elif family == "psfex":
-        model = _psfex_model(_as_str(row["psfex_model"]), float(row["psfex_pixel_scale_arcsec"]))
-        pos = galsim.PositionD(float(row["psfex_x"]), float(row["psfex_y"]))
-        psf = model.getPSF(pos, gsparams=gsparams)
-    else:
-        raise ValueError(f"unknown PSF family {family!r}")
+    try:
+        component = psf_family(family)
+    except KeyError:
+        raise ValueError(f"unknown PSF family {family!r}") from None
+    psf = component.build(row, gsparams)
     g1, g2 = float(row["psf_g1"]), float(row["psf_g2"])
     if g1 or g2:
         psf = psf.shear(g1=g1, g2=g2)
     return psf
 
 
-def draw_method(row: Mapping[str, Any], pixel_scale_arcsec: float) -> str:
-    """GalSim draw method: 'no_pixel' for PSFEx models drawn at their own pixel scale
-    (they include that pixel already), 'auto' (convolve with the pixel) otherwise. A PSFEx
-    model drawn at another pixel scale is treated as an optical PSF (its own pixel
+def includes_pixel(row: Mapping[str, Any], pixel_scale_arcsec: float) -> bool:
+    """True for PSFEx models drawn at their own pixel scale: they include that pixel already.
+
+    A PSFEx model drawn at another pixel scale is treated as an optical PSF (its own pixel
     response becomes a small extra blur) and the stamp's pixel is applied on top."""
     if _as_str(row["psf_family"]) == "psfex":
-        if abs(float(row["psfex_pixel_scale_arcsec"]) - pixel_scale_arcsec) < 1e-9:
-            return "no_pixel"
-    return "auto"
+        return abs(float(row["psfex_pixel_scale_arcsec"]) - pixel_scale_arcsec) < 1e-9
+    return False
+
+
+def draw_method(row: Mapping[str, Any], pixel_scale_arcsec: float) -> str:
+    """GalSim draw method for the PSF and galaxy ⊗ PSF: 'no_pixel' or 'auto'."""
+    return "no_pixel" if includes_pixel(row, pixel_scale_arcsec) else "auto"

@@ -1,4 +1,4 @@
-"""Rendering of one group of stamps with GalSim.
+"""Rendering of stamps: fast and exact, in Fourier space, one PSF group at a time.
 
 For each stamp (n×n, pixel scale from the card, centred on pixel (n//2, n//2)):
 
@@ -7,16 +7,23 @@ For each stamp (n×n, pixel scale from the card, centred on pixel (n//2, n//2)):
 * ``truth``     = galaxy ⊗ Gaussian(target FWHM) ⊗ pixel;
 * ``psf``       = PSF ⊗ pixel (the effective PSF), normalised to sum 1.
 
-All images are drawn with GalSim's default (``method='auto'``: convolution with the
-pixel), or ``'no_pixel'`` for empirical PSF models that include the pixel already; then
-the target is still drawn with the pixel so that ``truth`` has the same convention for
-every family. The unconvolved galaxy is never drawn. GalSim's FFT size is capped
-(``MAX_FFT_SIZE``) so that a bad card fails with a clear message instead of eating memory.
+PSFEx models drawn at their own pixel scale include the pixel already (no second pixel
+in ``noiseless`` and ``psf``); ``truth`` always has the pixel.
+
+How (see :mod:`deconvbench.sim.kspace`): each galaxy's Fourier transform is drawn once,
+by GalSim (``drawKImage``: every profile, truncation, shear and shift exactly as GalSim
+defines it; ``RandomKnots`` point sources as an exact separable sum at GalSim's own
+positions), on a padded grid out to the fold factor of the PSF and of the target; it is
+multiplied by the PSF's and by the target's transforms (each drawn once per PSF group),
+folded to the pixel grid, inverse-FFT'd and cropped. ``noiseless`` and ``truth`` share the
+galaxy's transform; stamps of one PSF are processed as a batch. The same images from
+GalSim's ``drawImage`` are :mod:`deconvbench.sim.reference`; ``deconvbench
+validate-render`` measures the difference.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 
 import galsim
@@ -24,86 +31,196 @@ import numpy as np
 
 from ..cards import DatasetCard
 from ..errors import DeconvbenchError
-from .galaxies import build_galaxy
+from . import kspace
+from .galaxies import galaxy_jacobian, galaxy_parts
+from .reference import MAX_FFT_SIZE
 from .noise import noise_field, poisson_noise, sigma_for_snr
-from .psfs import build_psf, draw_method
+from .psfs import build_psf, includes_pixel
+from .reference import draw_reference, reference_gsparams
 
-MAX_FFT_SIZE = 4096  # 4096² complex128 = 256 MB per FFT at most
+MAX_FOLD = 4  # kernels are drawn out to 4× the pixel Nyquist frequency
+KERNEL_THRESHOLD = 1e-5  # k-modes where |PSF ⊗ pixel| < 1e-5 of its flux are dropped
+PAD_FACTOR = 1.5  # padded grid N ≥ 1.5 n (wrap-around of PSF wings corrected, see Kernel)
+BATCH = 16  # stamps per vectorised batch (memory: a few × BATCH·M² complex128)
+WRAP_HLR = 10.0  # padded grids reach 10 major-axis half-light radii beyond the stamp edge
+MAX_PAD_SIZE = 1024  # largest padded grid (pixels) for one galaxy
 
 
 def gsparams() -> galsim.GSParams:
-    return galsim.GSParams(maximum_fft_size=MAX_FFT_SIZE)
+    """GalSim accuracy settings of every profile (maxk at 1e-5 of the flux)."""
+    return galsim.GSParams(maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5)
 
 
-def centre_offset(stamp_size: int) -> tuple[float, float]:
-    """Drawing offset (pixels) that puts the profile centre on pixel (n//2, n//2), 0-based.
-
-    GalSim centres a profile on the image's true centre, which for even n lies between
-    pixels; shifting by +0.5 px moves it onto pixel n//2 (the FFT origin)."""
-    half = 0.5 if stamp_size % 2 == 0 else 0.0
-    return (half, half)
+def kgrid(card: DatasetCard, pad_factor: float = PAD_FACTOR) -> kspace.KGrid:
+    n = card.stamp.size
+    return kspace.KGrid(n, card.stamp.pixel_scale_arcsec, kspace.padded_size(n, pad_factor))
 
 
-def draw(profile: galsim.GSObject, stamp_size: int, pixel_scale: float, method: str) -> np.ndarray:
-    image = profile.drawImage(
-        nx=stamp_size, ny=stamp_size, scale=pixel_scale, method=method, offset=centre_offset(stamp_size)
-    )
-    return image.array.astype(np.float64)
+def target_psf(card: DatasetCard, gsp: galsim.GSParams) -> galsim.GSObject:
+    return galsim.Gaussian(fwhm=card.stamp.target_psf_fwhm_arcsec, gsparams=gsp)
 
 
-@contextlib.contextmanager
-def fft_size_errors():
-    """Make GalSim raise (instead of warn and go on) when an FFT exceeds the cap."""
-    previous = galsim.errors.raise_fft_size_error
-    galsim.errors.raise_fft_size_error = True
-    try:
-        yield
-    finally:
-        galsim.errors.raise_fft_size_error = previous
+class Kernel:
+    """A PSF (or target) transform, times the pixel's, on the part of k-space that matters.
+
+    Drawn by GalSim out to ``MAX_FOLD`` × the pixel Nyquist frequency, then cut to the
+    smallest centred square holding every |K(k)| > ``KERNEL_THRESHOLD``·K(0) (``support``
+    wide); products with a galaxy are embedded in a grid of ``size`` = m·N (zeros beyond
+    the support) and folded."""
+
+    def __init__(self, profile: galsim.GSObject, grid: kspace.KGrid, with_pixel: bool):
+        # GalSim's drawImage keeps k-modes up to the profile's maxk (|K| > maxk_threshold);
+        # the kernel keeps the same square, and nothing where |K| < KERNEL_THRESHOLD.
+        maxk_support = 2 * (int(math.ceil(profile.maxk / grid.dk)) + 1)
+        for fold in (2, MAX_FOLD):  # most kernels fit in 2× Nyquist; redraw wider if not
+            big = fold * grid.pad_size
+            half = kspace.half_kimage(profile, min(big, maxk_support + 2), grid.dk)
+            if with_pixel:
+                half = half * kspace.pixel_half_kimage(half.shape[-2], grid.dk, grid.pixel_scale)
+            self.support = min(kspace.support_size(half, grid.dk, KERNEL_THRESHOLD), maxk_support)
+            if self.support < big:
+                break
+        else:
+            raise DeconvbenchError(
+                f"a PSF reaches beyond {MAX_FOLD}× the pixel Nyquist frequency in k-space (no FFT grid of "
+                "this card's stamp samples it); check the card's PSF ranges and pixel scale")
+        self.half = self._masked(kspace.crop_half(half, self.support).copy(), grid.dk, profile.maxk)
+        self.size = grid.pad_size * -(-self.support // grid.pad_size)
+        self.pad_size, self.stamp_size = grid.pad_size, grid.stamp_size
+        # Wrap-around: the periodic N-grid brings PSF wings from beyond it back into the
+        # stamp (Airy wings fall as r⁻³: up to ~1e-3 of the flux). The same kernel on a
+        # 4× larger grid (same k-range, 4× finer dk) has 1/16 of it; the difference is the
+        # wrapped light per unit flux, which :meth:`stamps` removes (flux × wrap) from
+        # every galaxy ⊗ kernel.
+        fine = 4 * self.support
+        fine_half = kspace.half_kimage(profile, fine, grid.dk / 4)
+        if with_pixel:
+            fine_half = fine_half * kspace.pixel_half_kimage(fine, grid.dk / 4, grid.pixel_scale)
+        fine_half = self._masked(fine_half, grid.dk / 4, profile.maxk)
+        unwrapped = kspace.to_stamps(kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size)
+        self.wrap = self._stamps(self.half[None])[0] - unwrapped
+        # The PSF stamp itself is GalSim's drawImage of the PSF (⊗ pixel).
+        self.image = draw_reference(profile, grid.stamp_size, grid.pixel_scale,
+                                    "auto" if with_pixel else "no_pixel", reference_gsparams(grid.pad_size))
+
+    @staticmethod
+    def _masked(half: np.ndarray, dk: float, maxk: float) -> np.ndarray:
+        """Zero the modes with |kx| or |ky| > maxk (GalSim's drawImage keeps the same square)."""
+        size = half.shape[-2]
+        ky = np.abs(np.arange(size) - size // 2) * dk
+        kx = np.arange(size // 2 + 1) * dk
+        half[(ky[:, None] > maxk) | (kx[None, :] > maxk)] = 0.0
+        return half
+
+    def _stamps(self, product_half: np.ndarray) -> np.ndarray:
+        folded = kspace.fold_to_rfft(product_half, self.pad_size)
+        return kspace.to_stamps(folded, self.pad_size, self.stamp_size)
+
+    def stamps(self, galaxy_half: np.ndarray) -> np.ndarray:
+        """Stamps (B, n, n) of galaxy ⊗ kernel from galaxy half k-images (B, M, M//2+1)."""
+        product = kspace.crop_half(galaxy_half, self.support) * self.half
+        flux = galaxy_half[:, galaxy_half.shape[-2] // 2, 0].real
+        return self._stamps(product) - flux[:, None, None] * self.wrap
+
+
+@functools.lru_cache(maxsize=16)
+def _target_kernel(fwhm: float, stamp_size: int, pixel_scale: float, pad_size: int) -> Kernel:
+    """The target PSF's kernel (one per card geometry and padded grid, cached)."""
+    target = galsim.Gaussian(fwhm=fwhm, gsparams=gsparams())
+    return Kernel(target, kspace.KGrid(stamp_size, pixel_scale, pad_size), with_pixel=True)
+
+
+def pad_sizes(rows: np.ndarray, grid: kspace.KGrid) -> np.ndarray:
+    """Padded grid N of each stamp: the card's, doubled until it reaches ``WRAP_HLR``
+    major-axis half-light radii beyond the stamp edge (an exponential disk has < 1e-6 of
+    its flux beyond 10 half-light radii), so that the galaxy's own light does not wrap."""
+    sizes = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        major = float(row["gal_hlr_arcsec"]) * np.linalg.norm(galaxy_jacobian(row), 2) / grid.pixel_scale
+        offset = math.hypot(float(row["offset_x_pix"]), float(row["offset_y_pix"]))
+        need = grid.stamp_size / 2 + WRAP_HLR * major + offset
+        size = grid.pad_size
+        while size < need:
+            size *= 2
+        if size > MAX_PAD_SIZE:
+            raise DeconvbenchError(
+                f"group {int(row['group'])}: a galaxy of major-axis half-light radius {major:.0f} px needs a padded "
+                f"FFT grid of {size} px > {MAX_PAD_SIZE}; check the card's size range against stamp size and pixel scale")
+        sizes[i] = size
+    return sizes
+
+
+def galaxy_half_kimages(rows: np.ndarray, grid: kspace.KGrid, size: int, gsp: galsim.GSParams) -> np.ndarray:
+    """Half k-images (B, size, size//2+1) of the galaxies of ``rows``."""
+    out = np.empty((len(rows), size, size // 2 + 1), dtype=np.complex128)
+    for i, row in enumerate(rows):
+        smooth, xy, flux = galaxy_parts(row, grid.pixel_scale, gsp)
+        out[i] = kspace.points_half_kimage(xy, flux, size, grid.dk)
+        if smooth is not None:
+            out[i] += kspace.half_kimage(smooth, size, grid.dk)
+    return out
+
+
+def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | None = None) -> dict[str, np.ndarray]:
+    """``noiseless``, ``truth`` and ``psf`` (float64) of stamps sharing one PSF (``rows[0]``'s)."""
+    grid = grid or kgrid(card)
+    gsp = gsparams()
+    n = grid.stamp_size
+    psf_profile = build_psf(rows[0], gsp)
+    with_pixel = not includes_pixel(rows[0], grid.pixel_scale)
+    sizes = pad_sizes(rows, grid)
+    fwhm = card.stamp.target_psf_fwhm_arcsec
+    out = {"noiseless": np.empty((len(rows), n, n)), "truth": np.empty((len(rows), n, n))}
+    psf_image = None
+    for pad in sorted(set(sizes.tolist())):  # the card's grid, and larger ones for large galaxies
+        sub_grid = kspace.KGrid(n, grid.pixel_scale, pad)
+        psf = Kernel(psf_profile, sub_grid, with_pixel)
+        target = _target_kernel(fwhm, n, grid.pixel_scale, pad)
+        if psf_image is None:
+            psf_image = psf.image / psf.image.sum()
+        size = max(psf.support, target.support)
+        index = np.flatnonzero(sizes == pad)
+        for start in range(0, len(index), BATCH):
+            sel = index[start:start + BATCH]
+            gal = galaxy_half_kimages(rows[sel], sub_grid, size, gsp)
+            out["noiseless"][sel] = psf.stamps(gal)
+            out["truth"][sel] = target.stamps(gal)
+    out["psf"] = np.broadcast_to(psf_image, (len(rows), n, n))
+    return out
+
+
+def add_noise(card: DatasetCard, rows: np.ndarray, noiseless: np.ndarray) -> np.ndarray:
+    """``observed`` stamps; fills ``noise_sigma`` and ``snr`` of ``rows`` in place.
+
+    ±g stamps sharing a noise field (same ``noise_seed``) share its sigma too, set by the
+    first of them."""
+    n = noiseless.shape[-1]
+    observed = np.empty_like(noiseless)
+    sigma_by_seed: dict[int, float] = {}
+    for i, row in enumerate(rows):
+        seed = int(row["noise_seed"])
+        if seed not in sigma_by_seed:
+            sigma_by_seed[seed] = sigma_for_snr(noiseless[i], float(row["snr_level"]))
+        sigma = sigma_by_seed[seed]
+        observed[i] = noiseless[i] + sigma * noise_field(seed, (n, n)) if sigma else noiseless[i]
+        if card.noise.poisson_source:
+            observed[i] += poisson_noise(noiseless[i], card.noise.gain, seed ^ int(row["index"]))
+        stored = noiseless[i].astype(np.float32).astype(np.float64)
+        rows["noise_sigma"][i] = sigma
+        rows["snr"][i] = math.inf if sigma == 0 else float(np.sqrt(np.sum(stored**2)) / sigma)
+    return observed
 
 
 def render_group(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Render the stamps of ``rows`` (one group); fills ``noise_sigma`` and ``snr`` in place."""
-    with fft_size_errors():
-        return _render_group(card, rows)
-
-
-def _render_group(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Render ``rows`` (any consecutive stamps): float32 ``observed``, ``noiseless``, ``truth``,
+    ``psf``; fills ``noise_sigma`` and ``snr`` in place."""
+    grid = kgrid(card)
     n = card.stamp.size
-    scale = card.stamp.pixel_scale_arcsec
-    gsp = gsparams()
-    target = galsim.Gaussian(fwhm=card.stamp.target_psf_fwhm_arcsec, gsparams=gsp)
-    out = {key: np.zeros((len(rows), n, n), dtype=np.float32) for key in ("observed", "noiseless", "truth", "psf")}
-    try:
-        psf = build_psf(rows[0], gsp)  # a group shares its PSF
-        method = draw_method(rows[0], scale)
-        psf_image = draw(psf, n, scale, method)
-        psf_image /= psf_image.sum()
-        noise_sigma_by_seed: dict[int, float] = {}
-        for i, row in enumerate(rows):
-            galaxy = build_galaxy(row, scale, gsp)
-            noiseless = draw(galsim.Convolve([galaxy, psf], gsparams=gsp), n, scale, method)
-            truth = draw(galsim.Convolve([galaxy, target], gsparams=gsp), n, scale, "auto")
-            seed = int(row["noise_seed"])
-            # ±g stamps sharing a noise field share its sigma too (set by the first of them)
-            if seed not in noise_sigma_by_seed:
-                noise_sigma_by_seed[seed] = sigma_for_snr(noiseless, float(row["snr_level"]))
-            sigma = noise_sigma_by_seed[seed]
-            observed = noiseless + sigma * noise_field(seed, (n, n))
-            if card.noise.poisson_source:
-                observed = observed + poisson_noise(noiseless, card.noise.gain, seed ^ int(row["index"]))
-            noiseless32 = noiseless.astype(np.float32)
-            rows["noise_sigma"][i] = sigma
-            rows["snr"][i] = (
-                math.inf if sigma == 0 else float(np.sqrt(np.sum(noiseless32.astype(np.float64) ** 2)) / sigma)
-            )
-            out["observed"][i] = observed
-            out["noiseless"][i] = noiseless32
-            out["truth"][i] = truth
-            out["psf"][i] = psf_image
-    except galsim.GalSimFFTSizeError as exc:
-        raise DeconvbenchError(
-            f"group {int(rows[0]['group'])}: GalSim needs an FFT of {exc.size}² > {MAX_FFT_SIZE}² "
-            "(galaxy or PSF too large or too cuspy for this card's stamp; check the card's ranges)"
-        ) from None
+    out = {key: np.empty((len(rows), n, n), dtype=np.float32) for key in ("observed", "noiseless", "truth", "psf")}
+    bounds = np.flatnonzero(np.diff(rows["psf_index"])) + 1
+    for sl in (slice(a, b) for a, b in zip([0, *bounds], [*bounds, len(rows)])):
+        images = render_noiseless(card, rows[sl], grid)
+        out["observed"][sl] = add_noise(card, rows[sl], images["noiseless"])
+        for key in ("noiseless", "truth", "psf"):
+            out[key][sl] = images[key]
     return out

@@ -1,16 +1,20 @@
-"""Drawing the parameters of every stamp from a card, deterministically.
+"""Drawing the parameters of every stamp from a card, deterministically and stably.
 
-Randomness derives only from (split seed, group index): the group's generator is
-``numpy.random.default_rng(SeedSequence(split.seed, spawn_key=(group,)))``, so a stamp is
-the same whatever the number of workers or the order of generation, and a prefix of a
-split (``--n``) equals the start of the full split.
+Randomness derives only from (split seed, stream name, galaxy or PSF index) through
+:func:`deconvbench.sim.registry.substream`: a stamp is the same whatever the number of
+workers or the order of generation, a prefix of a split (``--n``) equals the start of the
+full split, and each quantity has its own stream, so adding a profile, a family or a
+draw changes nothing else (see :mod:`deconvbench.sim.registry`).
 
-A *group* is one stamp for a deconvolution card, and 4 stamps for a metacal card
-(same galaxy and PSF; slots (+g, 0°), (−g, 0°), (+g, 90°), (−g, 90°); noise shared by
-+g/−g of the same rotation). SNR level and PSF family are assigned round-robin by group
-index (level = levels[group % L], family = families[(group // L) % F], profile =
-profiles[(group // (L·F)) % P] when the weights are equal, else drawn), so even a tiny
-split covers every level, family and profile, uncorrelated with each other.
+Indices: galaxy ``g`` (the ``group`` column) gives one stamp for a deconvolution card and
+4 stamps for a metacal card (same galaxy and PSF; slots (+g, 0°), (−g, 0°), (+g, 90°),
+(−g, 90°); noise shared by +g/−g of the same rotation). Galaxies ``p·G … p·G+G−1`` share
+PSF ``p`` (``G = psf.galaxies_per_psf``). SNR levels are assigned round-robin (level =
+levels[g mod L]); with equal weights PSF families too (family = families[(p // max(1,
+L // G)) mod F]), so even a tiny split covers every level and family, uncorrelated with
+each other; with unequal weights the family is drawn from the ``assign-family`` stream.
+The galaxy profile is always drawn with the card's weights from the ``assign-profile``
+stream, so that it does not depend on the number of families.
 """
 
 from __future__ import annotations
@@ -20,61 +24,19 @@ import math
 import numpy as np
 
 from ..cards import DatasetCard
-from .psfs import ABERRATIONS
-
-PARAMS_DTYPE = np.dtype(
-    [
-        ("index", "i8"),
-        ("group", "i8"),
-        ("slot", "i1"),
-        ("snr_level", "f8"),
-        ("snr", "f8"),
-        ("noise_sigma", "f8"),
-        ("noise_seed", "u8"),
-        ("gal_profile", "S16"),
-        ("gal_flux", "f8"),
-        ("gal_hlr_arcsec", "f8"),
-        ("gal_g1", "f8"),
-        ("gal_g2", "f8"),
-        ("gal_bulge_fraction", "f8"),
-        ("gal_bulge_hlr_arcsec", "f8"),
-        ("gal_trunc_arcsec", "f8"),
-        ("gal_knots_n", "i4"),
-        ("gal_knots_flux_fraction", "f8"),
-        ("gal_knots_seed", "u8"),
-        ("rotation_deg", "f8"),
-        ("shear_g1", "f8"),
-        ("shear_g2", "f8"),
-        ("offset_x_pix", "f8"),
-        ("offset_y_pix", "f8"),
-        ("psf_family", "S16"),
-        ("psf_fwhm_arcsec", "f8"),
-        ("psf_g1", "f8"),
-        ("psf_g2", "f8"),
-        ("psf_beta", "f8"),
-        ("psf_lam_over_diam_arcsec", "f8"),
-        ("psf_obscuration", "f8"),
-    ]
-    + [(f"psf_{name}", "f8") for name in ABERRATIONS]
-    + [
-        ("psfex_model", "S64"),
-        ("psfex_x", "f8"),
-        ("psfex_y", "f8"),
-        ("psfex_pixel_scale_arcsec", "f8"),
-    ]
-)
+from .registry import galaxy_profile, params_dtype, psf_family, substream
 
 
-def group_size(card: DatasetCard) -> int:
+def stamps_per_galaxy(card: DatasetCard) -> int:
     return 4 if card.kind == "metacal" else 1
 
 
-def group_rng(split_seed: int, group: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(split_seed, spawn_key=(group,)))
+group_size = stamps_per_galaxy  # the unit of ``--n``
 
 
-def _uniform(rng: np.random.Generator, rng_range) -> float:
-    return float(rng.uniform(rng_range.min, rng_range.max))
+def card_params_dtype(card: DatasetCard) -> np.dtype:
+    """The card's ``params`` table: common columns + those of its profiles and families."""
+    return params_dtype(card.galaxy.profiles, card.psf.families)
 
 
 def _lognormal(rng: np.random.Generator, dist) -> float:
@@ -86,11 +48,17 @@ def _lognormal(rng: np.random.Generator, dist) -> float:
     return float(np.clip(value, dist.min, dist.max))
 
 
-def _choose(rng: np.random.Generator, weights: dict[str, float], round_robin_index: int) -> str:
+def _choose(rng_factory, weights: dict[str, float], round_robin_index: int) -> str:
     names = list(weights)
     values = np.array([weights[name] for name in names], dtype=float)
     if np.allclose(values, values[0]):
         return names[round_robin_index % len(names)]
+    return names[int(rng_factory().choice(len(names), p=values / values.sum()))]
+
+
+def _draw_choice(rng: np.random.Generator, weights: dict[str, float]) -> str:
+    names = list(weights)
+    values = np.array([weights[name] for name in names], dtype=float)
     return names[int(rng.choice(len(names), p=values / values.sum()))]
 
 
@@ -103,88 +71,78 @@ def _shape(rng: np.random.Generator, sigma: float, g_max: float) -> tuple[float,
     return 0.0, 0.0
 
 
-def draw_group(card: DatasetCard, split: str, group: int) -> np.ndarray:
-    """Parameters of the stamps of one group (structured array of ``PARAMS_DTYPE``)."""
+def _family_block(card: DatasetCard, n_levels: int) -> int:
+    """PSFs per round-robin family block: enough galaxies to span every SNR level."""
+    return max(1, n_levels // card.psf.galaxies_per_psf)
+
+
+def draw_psf(card: DatasetCard, split: str, psf_index: int) -> dict:
+    """Family, shear and family parameters of PSF ``psf_index`` of ``split``."""
     spec = card.split(split)
     levels = card.snr_levels(split)
-    rng = group_rng(spec.seed, group)
-    size = group_size(card)
-    rows = np.zeros(size, dtype=PARAMS_DTYPE)
-
-    # --- galaxy (shared by the group) ---
-    gal = card.galaxy
-    n_families = len(card.psf.families)
-    profile = _choose(rng, gal.profiles, group // (len(levels) * n_families))
-    hlr = _lognormal(rng, gal.half_light_radius_arcsec)
-    flux = _lognormal(rng, gal.flux)
-    g1, g2 = _shape(rng, gal.shape_sigma, gal.shape_max)
-    bulge_fraction = _uniform(rng, gal.bulge_fraction)
-    bulge_hlr = hlr * _uniform(rng, gal.bulge_to_disk_size)
-    knots_n = int(round(_uniform(rng, gal.knots_number)))
-    knots_fraction = _uniform(rng, gal.knots_flux_fraction)
-    knots_seed = int(rng.integers(1, 2**31 - 1))
-    max_off = card.stamp.max_offset_pixels
-    offset = rng.uniform(-max_off, max_off, size=2) if max_off > 0 else np.zeros(2)
-
-    # --- PSF (shared by the group) ---
     psf = card.psf
-    family = _choose(rng, psf.families, group // len(levels))
-    psf_fwhm = _uniform(rng, psf.fwhm_arcsec)
+    family = _choose(lambda: substream(spec.seed, "assign-family", psf_index), psf.families,
+                     psf_index // _family_block(card, len(levels)))
     if spec.psf_shear is not None:
-        psf_g1, psf_g2 = spec.psf_shear
+        g1, g2 = spec.psf_shear
     else:
+        rng = substream(spec.seed, "psf-shape", psf_index)
         amplitude = float(rng.uniform(0.0, psf.ellipticity_max))
         angle = float(rng.uniform(0.0, math.pi))
-        psf_g1, psf_g2 = amplitude * math.cos(2 * angle), amplitude * math.sin(2 * angle)
-    beta = _uniform(rng, psf.moffat_beta)
-    lod = _uniform(rng, psf.lam_over_diam_arcsec)
-    obscuration = _uniform(rng, psf.obscuration)
-    aberration_rms = _uniform(rng, psf.aberration_rms_waves)
-    aberrations = rng.normal(0.0, 1.0, size=len(ABERRATIONS))
-    aberrations *= aberration_rms / max(math.sqrt(np.mean(aberrations**2)), 1e-12)
-    psfex_model = psf.psfex_models[int(rng.integers(len(psf.psfex_models)))] if psf.psfex_models else ""
-    psfex_x = float(rng.uniform(0.0, psf.psfex_field_pixels[0]))
-    psfex_y = float(rng.uniform(0.0, psf.psfex_field_pixels[1]))
+        g1, g2 = amplitude * math.cos(2 * angle), amplitude * math.sin(2 * angle)
+    values = {"psf_family": family, "psf_g1": g1, "psf_g2": g2}
+    values.update(psf_family(family).draw(substream(spec.seed, family, psf_index), psf, values))
+    return values
 
-    # --- noise ---
-    snr_level = levels[group % len(levels)]
-    noise_seeds = rng.integers(1, 2**63 - 1, size=2, dtype=np.uint64)
 
-    rows["group"] = group
-    rows["index"] = group * size + np.arange(size)
-    rows["slot"] = np.arange(size)
-    rows["snr_level"] = snr_level
-    rows["gal_profile"] = profile
-    rows["gal_flux"] = flux
-    rows["gal_hlr_arcsec"] = hlr
-    rows["gal_g1"], rows["gal_g2"] = g1, g2
-    rows["gal_bulge_fraction"] = bulge_fraction
-    rows["gal_bulge_hlr_arcsec"] = bulge_hlr
-    rows["gal_trunc_arcsec"] = gal.devaucouleurs_trunc_factor * (
-        bulge_hlr if profile == "bulge+disk" else hlr
-    )
-    rows["gal_knots_n"] = knots_n
-    rows["gal_knots_flux_fraction"] = knots_fraction
-    rows["gal_knots_seed"] = knots_seed
-    rows["offset_x_pix"], rows["offset_y_pix"] = offset
-    rows["psf_family"] = family
-    rows["psf_fwhm_arcsec"] = psf_fwhm
-    rows["psf_g1"], rows["psf_g2"] = psf_g1, psf_g2
-    rows["psf_beta"] = beta
-    rows["psf_lam_over_diam_arcsec"] = lod
-    rows["psf_obscuration"] = obscuration
-    for name, value in zip(ABERRATIONS, aberrations):
-        rows[f"psf_{name}"] = value
-    rows["psfex_model"] = psfex_model
-    rows["psfex_x"], rows["psfex_y"] = psfex_x, psfex_y
-    rows["psfex_pixel_scale_arcsec"] = psf.psfex_pixel_scale_arcsec
+def draw_galaxy(card: DatasetCard, split: str, galaxy: int) -> dict:
+    """Profile, size, flux, shape, offset, profile parameters and noise seeds of one galaxy."""
+    spec = card.split(split)
+    levels = card.snr_levels(split)
+    gal = card.galaxy
+    profile = _draw_choice(substream(spec.seed, "assign-profile", galaxy), gal.profiles)
+    rng = substream(spec.seed, "galaxy", galaxy)
+    values = {"gal_profile": profile, "gal_hlr_arcsec": _lognormal(rng, gal.half_light_radius_arcsec),
+              "gal_flux": _lognormal(rng, gal.flux), "snr_level": levels[galaxy % len(levels)]}
+    values["gal_g1"], values["gal_g2"] = _shape(substream(spec.seed, "shape", galaxy), gal.shape_sigma, gal.shape_max)
+    max_off = card.stamp.max_offset_pixels
+    offset = substream(spec.seed, "offset", galaxy).uniform(-max_off, max_off, size=2) if max_off > 0 else (0.0, 0.0)
+    values["offset_x_pix"], values["offset_y_pix"] = float(offset[0]), float(offset[1])
+    values.update(galaxy_profile(profile).draw(substream(spec.seed, profile, galaxy), gal, values))
+    values["noise_seeds"] = substream(spec.seed, "noise", galaxy).integers(1, 2**63 - 1, size=2, dtype=np.uint64)
+    return values
 
-    if card.kind == "metacal":
-        sign = np.array([1.0, -1.0, 1.0, -1.0])
-        rows["shear_g1"] = sign * card.shear.g1
-        rows["shear_g2"] = sign * card.shear.g2
-        rows["rotation_deg"] = np.array([0.0, 0.0, 90.0, 90.0])
-        rows["noise_seed"] = noise_seeds[[0, 0, 1, 1]]
-    else:
-        rows["noise_seed"] = noise_seeds[0]
+
+def draw_galaxies(card: DatasetCard, split: str, first: int, count: int) -> np.ndarray:
+    """``params`` rows of galaxies ``first … first+count−1`` (stamps in index order)."""
+    per = stamps_per_galaxy(card)
+    g_per_psf = card.psf.galaxies_per_psf
+    rows = np.zeros(count * per, dtype=card_params_dtype(card))
+    psfs: dict[int, dict] = {}
+    for k, galaxy in enumerate(range(first, first + count)):
+        psf_index = galaxy // g_per_psf
+        if psf_index not in psfs:
+            psfs[psf_index] = draw_psf(card, split, psf_index)
+        values = draw_galaxy(card, split, galaxy)
+        seeds = values.pop("noise_seeds")
+        sl = slice(k * per, (k + 1) * per)
+        for name, value in {**values, **psfs[psf_index]}.items():
+            rows[name][sl] = value
+        rows["group"][sl] = galaxy
+        rows["psf_index"][sl] = psf_index
+        rows["index"][sl] = galaxy * per + np.arange(per)
+        rows["slot"][sl] = np.arange(per)
+        if card.kind == "metacal":
+            sign = np.array([1.0, -1.0, 1.0, -1.0])
+            rows["shear_g1"][sl] = sign * card.shear.g1
+            rows["shear_g2"][sl] = sign * card.shear.g2
+            rows["rotation_deg"][sl] = (0.0, 0.0, 90.0, 90.0)
+            rows["noise_seed"][sl] = seeds[[0, 0, 1, 1]]
+        else:
+            rows["noise_seed"][sl] = seeds[0]
     return rows
+
+
+def draw_group(card: DatasetCard, split: str, group: int) -> np.ndarray:
+    """``params`` rows of one galaxy (1 stamp, or 4 for a metacal card)."""
+    return draw_galaxies(card, split, group, 1)

@@ -1,0 +1,53 @@
+"""Generation rate (stamps/s) and peak memory per card and worker count.
+
+Run: ``python benchmarks/generation_rates.py ground-v2:4096 space-v2:2048 --workers 1 2``.
+Generates the first N stamps of each card's first split into a temporary folder and
+prints one line per (card, workers): stamps/s (wall clock of ``generate``, process
+start-up included) and peak resident memory of the busiest process (MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = """
+import json, resource, sys, time
+from deconvbench.cards import load_card
+from deconvbench.sim.generate import generate
+card = load_card(sys.argv[1]); split = next(iter(card.splits))
+t0 = time.perf_counter()
+report = generate(card, split, sys.argv[2], n=int(sys.argv[3]), workers=int(sys.argv[4]))
+seconds = time.perf_counter() - t0
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps(dict(card=card.name, split=split, n=report.n, workers=report.workers,
+                      seconds=seconds, rate=report.n / seconds, checksum=report.checksum,
+                      main_mb=own, worker_mb=kids if report.workers > 1 else own)))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cards", nargs="+", help="CARD:N, e.g. ground-v2:4000")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="deconvbench-rates-") as folder:
+        for spec in args.cards:
+            name, n = spec.split(":")
+            for workers in args.workers:
+                out = Path(folder) / f"{name}-{workers}.h5"
+                proc = subprocess.run([sys.executable, "-c", CHILD, name, str(out), n, str(workers)],
+                                      capture_output=True, text=True)
+                if proc.returncode:
+                    print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)
+                    continue
+                print(proc.stdout.strip(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
