@@ -13,8 +13,14 @@ import pytest
 
 from deconvbench.harness import run_method
 from deconvbench.methods import load_method
-from deconvbench.report.collect import (ReportError, bias_series, load_sections, metric_series, pareto_front,
-                                        speed_points)
+from deconvbench.report.collect import (
+    ReportError,
+    bias_series,
+    load_sections,
+    metric_series,
+    pareto_front,
+    speed_points,
+)
 from deconvbench.report.gallery import pick_stamps
 from deconvbench.report.page import build_report
 from deconvbench.store import open_dataset
@@ -25,8 +31,11 @@ CLI = [sys.executable, "-m", "deconvbench.cli"]
 
 def test_sections_of_the_committed_results():
     sections = load_sections(REPO / "results")
-    assert [s.title for s in sections] == ["ground-v1 v1 — test", "space-v1 v1 — test",
-                                           "metacal-v1 v1 — metacal splits leakage, noiseless, snr20, snr50"]
+    assert [s.title for s in sections] == [
+        "ground-v1 v1 — test",
+        "space-v1 v1 — test",
+        "metacal-v1 v1 — metacal splits leakage, noiseless, snr20, snr50",
+    ]
     assert [len(s.results) for s in sections] == [6, 4, 17]
     ground, _, metacal = sections
     wiener = json.loads((REPO / "results" / "ground-v1-v1_test_wiener.json").read_text())
@@ -108,8 +117,9 @@ def smoke_results(smoke_test_file, tmp_path_factory):
     return folder
 
 
-def test_gallery_regenerates_the_published_first_stamps_and_names_missing_methods(smoke_results, smoke_test_file,
-                                                                                 tmp_path):
+def test_gallery_regenerates_the_published_first_stamps_and_names_missing_methods(
+    smoke_results, smoke_test_file, tmp_path
+):
     from deconvbench.report.gallery import gallery_stamps
 
     stamps, notes = gallery_stamps("smoke", "1", "test", ["fft", "not-installed"], count=3)
@@ -130,13 +140,19 @@ def test_gallery_regenerates_the_published_first_stamps_and_names_missing_method
 def test_cli_report_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, message in ((tmp_path / "empty", "no result files"), (tmp_path / "missing", "no results directory")):
-        proc = subprocess.run(CLI + ["report", "--results-dir", str(folder), "--out", str(tmp_path / "out")],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            CLI + ["report", "--results-dir", str(folder), "--out", str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.json").write_text("{not json")
-    proc = subprocess.run(CLI + ["report", "--results-dir", str(tmp_path / "bad"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["report", "--results-dir", str(tmp_path / "bad"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "report.html").exists()
     assert issubclass(ReportError, ValueError)
@@ -146,8 +162,11 @@ def test_cli_report_on_a_partial_results_folder(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     shutil.copy(REPO / "results" / "space-v1-v1_test_wiener.json", results)
-    proc = subprocess.run(CLI + ["report", "--results-dir", str(results), "--out", str(tmp_path / "out"),
-                                 "--no-gallery"], capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["report", "--results-dir", str(results), "--out", str(tmp_path / "out"), "--no-gallery"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 figures, 1 sections" in proc.stdout and (tmp_path / "out" / "report.html").exists()
 
@@ -159,6 +178,7 @@ def test_gallery_of_results_for_another_card_version_is_a_note_not_a_crash(tmp_p
     data["dataset"]["version"] = "999"
     (results / "old.json").write_text(json.dumps(data))
     made = build_report(results, tmp_path / "out", gallery=True)
-    assert made.notes == ["no gallery for space-v1 v999 — test: card space-v1 is now version 1, the results are "
-                          "for version 999"]
+    assert made.notes == [
+        "no gallery for space-v1 v999 — test: card space-v1 is now version 1, the results are for version 999"
+    ]
     assert "no gallery for space-v1 v999" in made.path.read_text() and len(made.figures) == 2
