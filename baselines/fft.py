@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from deconvbench.methods import Batch
-
 from deconvbench import fourier as F
+from deconvbench.methods import Batch
 
 
 def cut_window(otf: np.ndarray, threshold: float, cut: str) -> np.ndarray:

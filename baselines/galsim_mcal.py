@@ -43,13 +43,17 @@ class GalsimMetacal:
         self.gsparams = galsim.GSParams(**kwargs) if kwargs else None
 
     def params(self) -> dict[str, Any]:
-        return {"x_interpolant": X_INTERPOLANT, "folding_threshold": self.folding_threshold,
-                "maxk_threshold": self.maxk_threshold}
+        return {
+            "x_interpolant": X_INTERPOLANT,
+            "folding_threshold": self.folding_threshold,
+            "maxk_threshold": self.maxk_threshold,
+        }
 
     def _interpolated(self, stamp: np.ndarray, pixel_scale: float) -> galsim.InterpolatedImage:
         image = galsim.Image(np.ascontiguousarray(stamp, dtype=np.float64), scale=pixel_scale)
-        return galsim.InterpolatedImage(image, x_interpolant=X_INTERPOLANT, use_true_center=False,
-                                        gsparams=self.gsparams)
+        return galsim.InterpolatedImage(
+            image, x_interpolant=X_INTERPOLANT, use_true_center=False, gsparams=self.gsparams
+        )
 
     def deconvolve(self, batch: Batch) -> np.ndarray:
         n = batch.stamp_size
@@ -58,18 +62,31 @@ class GalsimMetacal:
         out = np.empty((batch.size, n, n))
         for i in range(batch.size):
             psf = np.asarray(batch.psf[i], dtype=np.float64)
-            galaxy = galsim.Convolve([self._interpolated(batch.observed[i], scale),
-                                      galsim.Deconvolve(self._interpolated(psf / psf.sum(), scale))],
-                                     gsparams=self.gsparams)
-            out[i] = galsim.Convolve([galaxy, target], gsparams=self.gsparams).drawImage(
-                nx=n, ny=n, scale=scale, method="auto", use_true_center=False).array
+            galaxy = galsim.Convolve(
+                [
+                    self._interpolated(batch.observed[i], scale),
+                    galsim.Deconvolve(self._interpolated(psf / psf.sum(), scale)),
+                ],
+                gsparams=self.gsparams,
+            )
+            out[i] = (
+                galsim.Convolve([galaxy, target], gsparams=self.gsparams)
+                .drawImage(nx=n, ny=n, scale=scale, method="auto", use_true_center=False)
+                .array
+            )
         return out
 
     def metacal_images(self, batch: Batch, reconv_fwhm_arcsec, step: float) -> dict[str, np.ndarray]:
         reconv = np.broadcast_to(np.asarray(reconv_fwhm_arcsec, dtype=np.float64), (batch.size,))
         per_stamp = [
-            galsim_metacal_images(batch.observed[i], batch.psf[i], batch.pixel_scale_arcsec, float(reconv[i]),
-                                  step=step, gsparams=self.gsparams)
+            galsim_metacal_images(
+                batch.observed[i],
+                batch.psf[i],
+                batch.pixel_scale_arcsec,
+                float(reconv[i]),
+                step=step,
+                gsparams=self.gsparams,
+            )
             for i in range(batch.size)
         ]
         return {mtype: np.stack([images[mtype] for images in per_stamp]) for mtype in METACAL_TYPES}

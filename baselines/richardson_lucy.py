@@ -53,9 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from deconvbench.methods import Batch
-
 from deconvbench import fourier as F
+from deconvbench.methods import Batch
 
 DAMPING_POWER = 10  # K of White's damping function
 FLOOR = 1e-12  # positivity floor of data and model, relative to the stamp's peak |y|

@@ -48,14 +48,14 @@ inverse.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from deconvbench.methods import Batch
-
 from deconvbench import fourier as F
+from deconvbench.methods import Batch
 
 MODELS = ("powerlaw", "gaussian")
 
@@ -203,7 +203,7 @@ class WienerDeconvolver:
 
     # -- optional training -----------------------------------------------------------
 
-    def fit(self, train_batches: Iterable[tuple[Batch, np.ndarray]], nbins: int = 32) -> "WienerDeconvolver":
+    def fit(self, train_batches: Iterable[tuple[Batch, np.ndarray]], nbins: int = 32) -> WienerDeconvolver:
         """Fit the shape parameters of s(k) on truth images of a training split.
 
         ``train_batches`` yields ``(batch, truth)`` pairs (truth: (B, n, n)); only the
@@ -226,7 +226,7 @@ class WienerDeconvolver:
             scales.append(float(batch.pixel_scale_arcsec))
         if not f_all:
             raise ValueError("fit needs at least one (batch, truth) pair")
-        k = np.concatenate([2 * math.pi * f / s for f, s in zip(f_all, scales)])
+        k = np.concatenate([2 * math.pi * f / s for f, s in zip(f_all, scales, strict=True)])
         power = np.concatenate(p_all)
         t2 = np.concatenate(t2_all)
         ok = np.isfinite(power) & (power > 1e-12) & np.isfinite(t2) & (t2 > 1e-12)
@@ -247,4 +247,3 @@ class WienerDeconvolver:
             self.beta = float(sol.x[1])
         self.fitted = True
         return self
-

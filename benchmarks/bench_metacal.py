@@ -54,7 +54,7 @@ class MetacalOffsets:
         return generate_split("metacal-offsets", "noiseless", n=64)
 
     def setup(self, path):
-        self.fft = load_method("fft")
+        self.fft = benchmarked_method("fft")
         self.path = path
         self.batch = load_batch(path, 64)
         self.config = MetacalConfig()

@@ -9,7 +9,6 @@ start-up included) and peak resident memory of the busiest process (MB).
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,9 @@ def main() -> None:
             name, n = spec.split(":")
             for workers in args.workers:
                 out = Path(folder) / f"{name}-{workers}.h5"
-                proc = subprocess.run([sys.executable, "-c", CHILD, name, str(out), n, str(workers)],
-                                      capture_output=True, text=True)
+                proc = subprocess.run(
+                    [sys.executable, "-c", CHILD, name, str(out), n, str(workers)], capture_output=True, text=True
+                )
                 if proc.returncode:
                     print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)
                     continue

@@ -24,11 +24,20 @@ def main(n_batched: int = 512, n_galsim: int = 32) -> None:
 
     card = load_card("metacal-offsets")
     arrays = render_groups(card, "snr50", 0, n_batched // 4)
-    batch = Batch(observed=arrays["observed"].astype(np.float64), psf=arrays["psf"].astype(np.float64),
-                  noise_sigma=arrays["noise_sigma"], pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-                  target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec)
-    small = Batch(observed=batch.observed[:n_galsim], psf=batch.psf[:n_galsim], noise_sigma=batch.noise_sigma[:n_galsim],
-                  pixel_scale_arcsec=batch.pixel_scale_arcsec, target_fwhm_arcsec=batch.target_fwhm_arcsec)
+    batch = Batch(
+        observed=arrays["observed"].astype(np.float64),
+        psf=arrays["psf"].astype(np.float64),
+        noise_sigma=arrays["noise_sigma"],
+        pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
+        target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
+    )
+    small = Batch(
+        observed=batch.observed[:n_galsim],
+        psf=batch.psf[:n_galsim],
+        noise_sigma=batch.noise_sigma[:n_galsim],
+        pixel_scale_arcsec=batch.pixel_scale_arcsec,
+        target_fwhm_arcsec=batch.target_fwhm_arcsec,
+    )
     config = MetacalConfig()
     fft, galsim_mcal = load_method("fft"), load_method("galsim-mcal")
 
@@ -48,16 +57,21 @@ def main(n_batched: int = 512, n_galsim: int = 32) -> None:
 
     batched()  # warm caches
     rows = []
-    for name, fn, n in (("fft + metacal + wmom", batched, n_batched), ("galsim-mcal", per_object, n_galsim),
-                        (f"FFT floor (1 rfft2 + 5 irfft2 of {size}²)", floor, n_batched)):
+    for name, fn, n in (
+        ("fft + metacal + wmom", batched, n_batched),
+        ("galsim-mcal", per_object, n_galsim),
+        (f"FFT floor (1 rfft2 + 5 irfft2 of {size}²)", floor, n_batched),
+    ):
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
         rows.append((name, n / seconds, 1e3 * seconds / n))
     for name, rate, ms in rows:
         print(f"{name:45s} {rate:10.1f} gal/s {ms:9.3f} ms/gal")
-    print(f"fft metacal / galsim-mcal: {rows[0][1] / rows[1][1]:.1f}x; fft metacal / FFT floor time: "
-          f"{rows[0][2] / rows[2][2]:.1f}x")
+    print(
+        f"fft metacal / galsim-mcal: {rows[0][1] / rows[1][1]:.1f}x; fft metacal / FFT floor time: "
+        f"{rows[0][2] / rows[2][2]:.1f}x"
+    )
 
 
 if __name__ == "__main__":

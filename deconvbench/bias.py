@@ -89,9 +89,19 @@ def group_sums(measurements: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
     valid = (flags == 0) & np.isfinite(e1) & np.isfinite(e2) & np.isfinite(r11) & np.isfinite(r22)
     keep = valid.all(axis=1)
     pos, neg = SIGN > 0, SIGN < 0
-    sums = np.stack([e1[:, pos].sum(1), e1[:, neg].sum(1), e2[:, pos].sum(1), e2[:, neg].sum(1),
-                     np.full(len(keep), pos.sum(), float), np.full(len(keep), neg.sum(), float),
-                     r11.sum(1), r22.sum(1)], axis=1)
+    sums = np.stack(
+        [
+            e1[:, pos].sum(1),
+            e1[:, neg].sum(1),
+            e2[:, pos].sum(1),
+            e2[:, neg].sum(1),
+            np.full(len(keep), pos.sum(), float),
+            np.full(len(keep), neg.sum(), float),
+            r11.sum(1),
+            r22.sum(1),
+        ],
+        axis=1,
+    )
     return np.where(keep[:, None], sums, 0.0), keep
 
 
@@ -126,8 +136,9 @@ class Accumulator:
         self.boot = np.zeros(shape + (n_boot, N_COLUMNS))
         self.counts = np.zeros(shape + (3,), dtype=np.int64)  # stamps, stamps kept, invalid stamps
 
-    def add(self, channel: str, label: str, sums: np.ndarray, keep: np.ndarray, weights: np.ndarray,
-            n_invalid: int) -> None:
+    def add(
+        self, channel: str, label: str, sums: np.ndarray, keep: np.ndarray, weights: np.ndarray, n_invalid: int
+    ) -> None:
         c, s = CHANNELS.index(channel), self.labels.index(label)
         self.sums[c, s] += sums.sum(axis=0)
         self.boot[c, s] += weights @ sums
@@ -151,8 +162,13 @@ class Accumulator:
         for key in ("m", "c1", "c"):
             values = replicas[key][np.isfinite(replicas[key])]
             out[f"{key}_err"] = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
-        out.update(n=int(counts[0]), n_pairs=int(counts[1] // 2), n_groups=int(counts[1] // GROUP),
-                   n_excluded=int(counts[0] - counts[1]), n_invalid=int(counts[2]))
+        out.update(
+            n=int(counts[0]),
+            n_pairs=int(counts[1] // 2),
+            n_groups=int(counts[1] // GROUP),
+            n_excluded=int(counts[0] - counts[1]),
+            n_invalid=int(counts[2]),
+        )
         if psf_g1:
             out["alpha"], out["alpha_err"] = out["c1"] / psf_g1, abs(out["c1_err"] / psf_g1)
         else:
@@ -196,9 +212,19 @@ def _group_digests(arrays: dict[str, np.ndarray], chain: str) -> str:
     return chain
 
 
-def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, config: MetacalConfig | None = None,
-             chunk_groups: int = 64, n_boot: int = 200, progress=None, command: str | None = None,
-             stop_after_chunks: int | None = None) -> dict | None:
+def run_bias(
+    method,
+    card: DatasetCard,
+    split: str,
+    n: int,
+    out: str | Path,
+    config: MetacalConfig | None = None,
+    chunk_groups: int = 64,
+    n_boot: int = 200,
+    progress=None,
+    command: str | None = None,
+    stop_after_chunks: int | None = None,
+) -> dict | None:
     """Streaming bias run (see module docstring); writes the result JSON to ``out`` and
     returns it. ``stop_after_chunks`` stops early leaving the checkpoint (tests of the
     resume path); then None is returned."""
@@ -215,17 +241,34 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
     if chunk_groups < 1 or n_boot < 2:
         raise BiasInputError("chunk_groups must be >= 1 and n_boot >= 2")
     out = Path(out)
-    identity = BiasRun(method=method.name, method_params=json.dumps(method.params(), sort_keys=True, default=str),
-                       card=card.name, card_hash=card.card_hash(), split=split, n=n, estimator=config.estimator,
-                       fixnoise=config.fixnoise, chunk_groups=chunk_groups, n_boot=n_boot,
-                       bootstrap_seed=config.bootstrap_seed)
+    identity = BiasRun(
+        method=method.name,
+        method_params=json.dumps(method.params(), sort_keys=True, default=str),
+        card=card.name,
+        card_hash=card.card_hash(),
+        split=split,
+        n=n,
+        estimator=config.estimator,
+        fixnoise=config.fixnoise,
+        chunk_groups=chunk_groups,
+        n_boot=n_boot,
+        bootstrap_seed=config.bootstrap_seed,
+    )
     levels = card.snr_levels(split)
     labels = list(dict.fromkeys(snr_labels(np.asarray(sorted(levels), dtype=np.float64))))
     acc = Accumulator(labels, n_boot)
     truth_config = replace(config, fixnoise=False)
     ckpt = _checkpoint_path(out)
-    meta = {"identity": identity.key(), "next_group": 0, "chain": "00" * 32, "seconds": 0.0,
-            "deconv_seconds": 0.0, "metacal_seconds": 0.0, "render_seconds": 0.0, "g_true": 0.0}
+    meta = {
+        "identity": identity.key(),
+        "next_group": 0,
+        "chain": "00" * 32,
+        "seconds": 0.0,
+        "deconv_seconds": 0.0,
+        "metacal_seconds": 0.0,
+        "render_seconds": 0.0,
+        "g_true": 0.0,
+    }
     check_writable(out, "result file")
     if ckpt.exists():
         try:
@@ -247,9 +290,13 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
             arrays = render_groups(card, split, first, count)
             params = arrays["params"]
             t_render = time.perf_counter() - t0
-            batch = Batch(observed=arrays["observed"].astype(np.float64), psf=arrays["psf"].astype(np.float64),
-                          noise_sigma=arrays["noise_sigma"], pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-                          target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec)
+            batch = Batch(
+                observed=arrays["observed"].astype(np.float64),
+                psf=arrays["psf"].astype(np.float64),
+                noise_sigma=arrays["noise_sigma"],
+                pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
+                target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
+            )
             t1 = time.perf_counter()
             estimate = None if hasattr(method, "metacal_images") else _deconvolve(method, batch, first)
             if estimate is not None:
@@ -258,9 +305,15 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
             channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
             meta["metacal_seconds"] += time.perf_counter() - t1
             pixel = card.stamp.pixel_scale_arcsec
-            truth_images = metacal_images(arrays["truth"].astype(np.float64), pixel, card.stamp.target_psf_fwhm_arcsec,
-                                          reconv_fwhm(batch.psf, pixel, config.step), step=config.step,
-                                          pad_factor=config.pad_factor, workers=-1)
+            truth_images = metacal_images(
+                arrays["truth"].astype(np.float64),
+                pixel,
+                card.stamp.target_psf_fwhm_arcsec,
+                reconv_fwhm(batch.psf, pixel, config.step),
+                step=config.step,
+                pad_factor=config.pad_factor,
+                workers=-1,
+            )
             channels["truth"] = measure_images(truth_images, pixel, truth_config)
             weights = np.random.default_rng([config.bootstrap_seed, first]).poisson(1.0, size=(n_boot, count))
             group_labels = snr_labels(params["snr_level"][::GROUP])
@@ -286,13 +339,23 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
     overall = acc.stats("method", None, g_true, psf_g1)
     floor = acc.stats("truth", None, g_true, psf_g1)
     block = {
-        "mode": STREAMING_MODE, **config.to_dict(), "n_boot": n_boot, "bootstrap": "poisson over groups",
-        "chunk_groups": chunk_groups, "g_true": g_true, "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT},
-        "leakage_variant": psf_g1 is not None, "psf_g1": psf_g1,
-        "m_floor_truth": floor["m"], "m_floor_truth_err": floor["m_err"],
-        "overall": overall, "by_snr": {label: acc.stats("method", label, g_true, psf_g1) for label in labels},
-        "truth_floor": {"overall": floor,
-                        "by_snr": {label: acc.stats("truth", label, g_true, psf_g1) for label in labels}},
+        "mode": STREAMING_MODE,
+        **config.to_dict(),
+        "n_boot": n_boot,
+        "bootstrap": "poisson over groups",
+        "chunk_groups": chunk_groups,
+        "g_true": g_true,
+        "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT},
+        "leakage_variant": psf_g1 is not None,
+        "psf_g1": psf_g1,
+        "m_floor_truth": floor["m"],
+        "m_floor_truth_err": floor["m_err"],
+        "overall": overall,
+        "by_snr": {label: acc.stats("method", label, g_true, psf_g1) for label in labels},
+        "truth_floor": {
+            "overall": floor,
+            "by_snr": {label: acc.stats("truth", label, g_true, psf_g1) for label in labels},
+        },
     }
     for key in ("m", "m_err", "c", "c_err", "c1", "c1_err", "alpha", "alpha_err", "R11", "R22", "n_pairs"):
         block[key] = overall.get(key)
@@ -301,26 +364,47 @@ def run_bias(method, card: DatasetCard, split: str, n: int, out: str | Path, con
     versions = package_versions(tuple(getattr(method, "requires", ()) or ()))
     result = {
         "schema_version": 1,
-        "method": {"name": method.name, "params": method.params(), "device": device,
-                   "version": getattr(method, "version", versions["deconvbench"])},
-        "dataset": {"card": card.name, "version": card.version, "split": split, "n": n,
-                    "checksum": meta["chain"], "checksum_kind": "stream: sha256 chained over groups",
-                    "card_hash": card.card_hash(), "seed": spec.seed},
+        "method": {
+            "name": method.name,
+            "params": method.params(),
+            "device": device,
+            "version": getattr(method, "version", versions["deconvbench"]),
+        },
+        "dataset": {
+            "card": card.name,
+            "version": card.version,
+            "split": split,
+            "n": n,
+            "checksum": meta["chain"],
+            "checksum_kind": "stream: sha256 chained over groups",
+            "card_hash": card.card_hash(),
+            "seed": spec.seed,
+        },
         "versions": versions,
         "git_commit": git_commit(),
         "hardware": hardware(device),
         # image metrics are not computed by the stream (no truth comparison per stamp)
         "metrics": {"overall": {"count": n - meta.get("nonfinite", 0), "failures": meta.get("nonfinite", 0)}},
-        "failures": {"stamps_failed": meta.get("nonfinite", 0), "raised": 0, "wrong_shape": 0,
-                     "nonfinite": meta.get("nonfinite", 0), "metacal_flagged": overall["n_invalid"],
-                     "first_error": None, "errors": []},
-        "throughput": {"deconv_gal_per_s": n / meta["deconv_seconds"] if meta["deconv_seconds"] > 0 else None,
-                       "deconv_seconds": meta["deconv_seconds"], "device": device,
-                       "stream_seconds": seconds, "render_seconds": meta["render_seconds"],
-                       "stream_gal_per_s": n / seconds if seconds > 0 else None,
-                       "metacal_seconds": meta["metacal_seconds"],
-                       "metacal_gal_per_s": n / meta["metacal_seconds"] if meta["metacal_seconds"] > 0 else None,
-                       "batch_size": GROUP * chunk_groups},
+        "failures": {
+            "stamps_failed": meta.get("nonfinite", 0),
+            "raised": 0,
+            "wrong_shape": 0,
+            "nonfinite": meta.get("nonfinite", 0),
+            "metacal_flagged": overall["n_invalid"],
+            "first_error": None,
+            "errors": [],
+        },
+        "throughput": {
+            "deconv_gal_per_s": n / meta["deconv_seconds"] if meta["deconv_seconds"] > 0 else None,
+            "deconv_seconds": meta["deconv_seconds"],
+            "device": device,
+            "stream_seconds": seconds,
+            "render_seconds": meta["render_seconds"],
+            "stream_gal_per_s": n / seconds if seconds > 0 else None,
+            "metacal_seconds": meta["metacal_seconds"],
+            "metacal_gal_per_s": n / meta["metacal_seconds"] if meta["metacal_seconds"] > 0 else None,
+            "batch_size": GROUP * chunk_groups,
+        },
         "peak_memory_mb": memory.peak_mb,
         "memory_increase_mb": memory.increase_mb,
         "timestamp": utc_now(),

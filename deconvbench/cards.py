@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import CardError
 
 
-
 def _known(kind: str) -> list[str]:
     """Names registered in :mod:`deconvbench.sim.registry` (imported lazily: it loads GalSim)."""
     from .sim import registry
@@ -211,12 +210,16 @@ class DatasetCard(_Strict):
                 if split.n % 4:
                     raise ValueError(f"splits.{name}.n must be a multiple of 4 (groups of 4)")
             if self.stamp.max_offset_pixels > METACAL_MAX_OFFSET_PIXELS:
-                raise ValueError(f"stamp.max_offset_pixels must be <= {METACAL_MAX_OFFSET_PIXELS} for a metacal "
-                                 f"card (the range the metacal step is validated for), got "
-                                 f"{self.stamp.max_offset_pixels}")
+                raise ValueError(
+                    f"stamp.max_offset_pixels must be <= {METACAL_MAX_OFFSET_PIXELS} for a metacal "
+                    f"card (the range the metacal step is validated for), got "
+                    f"{self.stamp.max_offset_pixels}"
+                )
         if self.stamp.max_offset_pixels > self.stamp.size / 8:
-            raise ValueError(f"stamp.max_offset_pixels must be <= stamp.size/8 = {self.stamp.size / 8:g} "
-                             f"(the galaxy must stay well inside the stamp), got {self.stamp.max_offset_pixels}")
+            raise ValueError(
+                f"stamp.max_offset_pixels must be <= stamp.size/8 = {self.stamp.size / 8:g} "
+                f"(the galaxy must stay well inside the stamp), got {self.stamp.max_offset_pixels}"
+            )
         if self.stamp.target_psf_fwhm_arcsec < self.stamp.pixel_scale_arcsec:
             raise ValueError("stamp.target_psf_fwhm_arcsec must be at least one pixel")
         seeds = [s.seed for s in self.splits.values()]

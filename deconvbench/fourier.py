@@ -61,7 +61,7 @@ def padded_size(n: int, pad_factor: float) -> int:
 def pad_centered(images: np.ndarray, N: int) -> np.ndarray:
     """Zero-pad ``(B, n, n)`` to ``(B, N, N)`` with pixel (n//2, n//2) moved to (N//2, N//2)."""
     b, n = images.shape[0], images.shape[-1]
-    if N == n:
+    if n == N:
         return np.array(images, dtype=np.float64, copy=True)
     out = np.zeros((b, N, N), dtype=np.float64)
     o = N // 2 - n // 2

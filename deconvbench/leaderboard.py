@@ -77,8 +77,19 @@ def _walk_numbers(node: Any):
 
 
 # free-text fields that end up in the leaderboard (or could be shown there)
-DISPLAYED_TEXT = ("method.name", "method.version", "method.device", "hardware.cpu", "hardware.device",
-                  "hardware.machine", "versions", "timestamp", "dataset.card", "dataset.split", "git_commit")
+DISPLAYED_TEXT = (
+    "method.name",
+    "method.version",
+    "method.device",
+    "hardware.cpu",
+    "hardware.device",
+    "hardware.machine",
+    "versions",
+    "timestamp",
+    "dataset.card",
+    "dataset.split",
+    "git_commit",
+)
 
 
 def validate_result(data: Any, allow_failures: bool = False) -> None:
@@ -98,8 +109,10 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
     if isinstance(total, int) and failed >= total > 0:
         raise SubmissionError(f"every stamp failed ({failed} of {total}; first error: {first})")
     if failed and not allow_failures:
-        raise SubmissionError(f"{failed} of {total} stamps failed (first error: {first}); fix the method, or "
-                              "submit with --allow-failures to show the result with its failure count")
+        raise SubmissionError(
+            f"{failed} of {total} stamps failed (first error: {first}); fix the method, or "
+            "submit with --allow-failures to show the result with its failure count"
+        )
     if data.get("dataset", {}).get("checksum_verified") is False:
         raise SubmissionError("the data file's content did not match its recorded checksum during the run")
     name = _require(data, "method.name")
@@ -179,8 +192,7 @@ def canonical_name(data: dict) -> str:
     return f"{ds['card']}-v{ds['version']}_{ds['split']}{prefix}_{data['method']['name']}{_variant(data)}.json"
 
 
-def submit(path: str | Path, results_dir: str | Path, replace: bool = False,
-           allow_failures: bool = False) -> Path:
+def submit(path: str | Path, results_dir: str | Path, replace: bool = False, allow_failures: bool = False) -> Path:
     """Validate ``path`` and copy it into ``results_dir`` under its canonical name."""
     path, results_dir = Path(path), Path(results_dir)
     try:
@@ -246,32 +258,46 @@ def leaderboard_sections(results_dir: str | Path) -> list[dict]:
             mc = r.get("metacal", {}).get("overall", {})
             alpha = r.get("metacal", {}).get("alpha")
             thr = r.get("throughput", {})
-            table.append({
-                "method": r["method"]["name"] + _variant(r).replace("_", " "),
-                "NMSE": overall.get("nmse", {}).get("mean"),
-                "SSIM": overall.get("ssim", {}).get("mean"),
-                "|Δe|": overall.get("e_err", {}).get("mean"),
-                "m": mc.get("m"), "m_err": mc.get("m_err"), "c": mc.get("c"), "c_err": mc.get("c_err"),
-                "alpha": alpha, "alpha_err": r.get("metacal", {}).get("alpha_err"),
-                "req": requirement_verdict(mc) if mc else "–",
-                "Q": quality_q(mc.get("m"), mc.get("c")) if mc else None,
-                "mcal/s": thr.get("metacal_gal_per_s"),
-                "deconv/s": thr.get("deconv_gal_per_s"),
-                "mem": r.get("peak_memory_mb"),
-                "failures": stamps_failed(r),
-                "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40]
-                + f" ({r['hardware'].get('device')})",
-                "version": r["method"].get("version"),
-                "date": (r.get("timestamp") or "")[:10],
-                "file": r["_file"],
-            })
+            table.append(
+                {
+                    "method": r["method"]["name"] + _variant(r).replace("_", " "),
+                    "NMSE": overall.get("nmse", {}).get("mean"),
+                    "SSIM": overall.get("ssim", {}).get("mean"),
+                    "|Δe|": overall.get("e_err", {}).get("mean"),
+                    "m": mc.get("m"),
+                    "m_err": mc.get("m_err"),
+                    "c": mc.get("c"),
+                    "c_err": mc.get("c_err"),
+                    "alpha": alpha,
+                    "alpha_err": r.get("metacal", {}).get("alpha_err"),
+                    "req": requirement_verdict(mc) if mc else "–",
+                    "Q": quality_q(mc.get("m"), mc.get("c")) if mc else None,
+                    "mcal/s": thr.get("metacal_gal_per_s"),
+                    "deconv/s": thr.get("deconv_gal_per_s"),
+                    "mem": r.get("peak_memory_mb"),
+                    "failures": stamps_failed(r),
+                    "hardware": f"{r['hardware'].get('cores')}× {r['hardware'].get('cpu', '')}"[:40]
+                    + f" ({r['hardware'].get('device')})",
+                    "version": r["method"].get("version"),
+                    "date": (r.get("timestamp") or "")[:10],
+                    "file": r["_file"],
+                }
+            )
         has_metacal = any(row["m"] is not None for row in table)
         if has_metacal:
             table.sort(key=lambda row: (row["Q"] is None, -(row["Q"] or 0), row["method"]))
         else:
             table.sort(key=lambda row: (row["NMSE"] is None, row["NMSE"] or 0, row["method"]))
-        sections.append({"card": card, "version": version, "split": split, "n": rows[0]["dataset"]["n"],
-                         "has_metacal": has_metacal, "rows": table})
+        sections.append(
+            {
+                "card": card,
+                "version": version,
+                "split": split,
+                "n": rows[0]["dataset"]["n"],
+                "has_metacal": has_metacal,
+                "rows": table,
+            }
+        )
     return sections
 
 
@@ -287,15 +313,28 @@ def leaderboard_cells(row: dict, has_metacal: bool) -> list[str]:
     """The formatted cells of one row, in the order of :func:`leaderboard_columns`."""
     entry = [row["method"], _num(row["NMSE"], ".3e"), _num(row["SSIM"], ".3f"), _num(row["|Δe|"], ".4f")]
     if has_metacal:
-        entry += [_pm(row["m"], row["m_err"], ".1e"), _pm(row["c"], row["c_err"], ".1e"),
-                  _pm(row["alpha"], row["alpha_err"], ".1e"), row["req"], _num(row["Q"], ".0f"), _num(row["mcal/s"], ",.0f")]
-    return entry + [_num(row["deconv/s"], ",.0f"), str(row["failures"]), _num(row["mem"], ",.0f"), row["hardware"], row["version"],
-                    row["date"], row["file"]]
+        entry += [
+            _pm(row["m"], row["m_err"], ".1e"),
+            _pm(row["c"], row["c_err"], ".1e"),
+            _pm(row["alpha"], row["alpha_err"], ".1e"),
+            row["req"],
+            _num(row["Q"], ".0f"),
+            _num(row["mcal/s"], ",.0f"),
+        ]
+    return entry + [
+        _num(row["deconv/s"], ",.0f"),
+        str(row["failures"]),
+        _num(row["mem"], ",.0f"),
+        row["hardware"],
+        row["version"],
+        row["date"],
+        row["file"],
+    ]
 
 
 LEADERBOARD_NOTE = (
     f"Requirement marked in **req**: |m| < {M_REQUIREMENT:g} and |c| < {C_REQUIREMENT:g} (central values; "
-    "\"no\" also where a bias exceeds it by more than 3σ; \"σ too large\" where σm or σc exceeds the "
+    '"no" also where a bias exceeds it by more than 3σ; "σ too large" where σm or σc exceeds the '
     "requirement otherwise, so the test cannot tell). "
     "Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²). NMSE, SSIM: means over stamps; |Δe|: mean adaptive-moment "
     "ellipticity error. failures: stamps for which the method raised, returned the wrong shape or non-finite "

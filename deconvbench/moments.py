@@ -90,8 +90,14 @@ def _elliptical_weight_sums(images: np.ndarray, cx, cy, cxx, cyy, cxy):
     wimg = images * np.exp(-0.5 * quad)
     wx_ = wimg * dx
     wy_ = wimg * dy
-    return (wimg.sum(axis=(1, 2)), wx_.sum(axis=(1, 2)), wy_.sum(axis=(1, 2)),
-            (wx_ * dx).sum(axis=(1, 2)), (wy_ * dy).sum(axis=(1, 2)), (wx_ * dy).sum(axis=(1, 2)))
+    return (
+        wimg.sum(axis=(1, 2)),
+        wx_.sum(axis=(1, 2)),
+        wy_.sum(axis=(1, 2)),
+        (wx_ * dx).sum(axis=(1, 2)),
+        (wy_ * dy).sum(axis=(1, 2)),
+        (wx_ * dy).sum(axis=(1, 2)),
+    )
 
 
 def _result(b: int) -> dict[str, np.ndarray]:
@@ -119,8 +125,14 @@ def _finish(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol: float = 1e-9,
-                     max_shift: float = 4.0, recentre: bool = True) -> dict[str, np.ndarray]:
+def weighted_moments(
+    images,
+    weight_sigma_pixels: float,
+    max_iter: int = 30,
+    tol: float = 1e-9,
+    max_shift: float = 4.0,
+    recentre: bool = True,
+) -> dict[str, np.ndarray]:
     """Round-Gaussian-weighted moments ("wmom") with the weight centred on the object.
 
     ``weight_sigma_pixels``: σ of the round weight ``w = exp(−|d|²/2σ²)`` (peak 1),
@@ -150,7 +162,7 @@ def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol
         if active.size == 0:
             break
         s = _round_weight_sums(images[active], cx[active], cy[active], sigma)
-        for target, value in zip(sums, s):
+        for target, value in zip(sums, s, strict=True):
             target[active] = value
         f, sx, sy, sxx, syy, sxy = s
         out["n_iter"][active] = it
@@ -189,8 +201,14 @@ def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol
     return _finish(out)
 
 
-def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: float = 1e-10,
-                     max_shift: float | None = None, crop: int | None = None) -> dict[str, np.ndarray]:
+def adaptive_moments(
+    images,
+    guess_sigma_pixels=None,
+    max_iter: int = 200,
+    tol: float = 1e-10,
+    max_shift: float | None = None,
+    crop: int | None = None,
+) -> dict[str, np.ndarray]:
     """Adaptive moments ("admom", see module docstring), batched.
 
     ``guess_sigma_pixels``: initial round weight σ, scalar or (B,) (default n/8).
@@ -237,8 +255,14 @@ def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: 
             new = (mx[active] + bx, my[active] + by, 2.0 * mxx, 2.0 * myy, 2.0 * mxy)
             scale = np.sqrt(np.abs(c_xx * c_yy - c_xy**2))
             change = np.maximum.reduce(
-                [np.abs(new[0] - mx[active]) / np.sqrt(scale), np.abs(new[1] - my[active]) / np.sqrt(scale),
-                 np.abs(new[2] - c_xx) / scale, np.abs(new[3] - c_yy) / scale, np.abs(new[4] - c_xy) / scale])
+                [
+                    np.abs(new[0] - mx[active]) / np.sqrt(scale),
+                    np.abs(new[1] - my[active]) / np.sqrt(scale),
+                    np.abs(new[2] - c_xx) / scale,
+                    np.abs(new[3] - c_yy) / scale,
+                    np.abs(new[4] - c_xy) / scale,
+                ]
+            )
         amp[active] = 2.0 * f
         mx[active], my[active], cxx[active], cyy[active], cxy[active] = new
         done = change < tol

@@ -24,8 +24,9 @@ def _read(ds, key: str, start: int, stop: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64) if key == INDEX_KEY else ds.read(key, start, stop)
 
 
-def shuffled_plan(total: int, batch_size: int, seed: int, epoch: int, block_size: int = 512,
-                  buffer_blocks: int = 8) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+def shuffled_plan(
+    total: int, batch_size: int, seed: int, epoch: int, block_size: int = 512, buffer_blocks: int = 8
+) -> Iterator[tuple[list[int], list[np.ndarray]]]:
     """The shuffled order of one epoch over stamps ``0..total-1``, buffer by buffer.
 
     Yields ``(blocks, batches)``: the sorted start indices of the blocks in one shuffle
@@ -41,8 +42,9 @@ def shuffled_plan(total: int, batch_size: int, seed: int, epoch: int, block_size
         yield blocks, [np.sort(order[lo : lo + batch_size]) for lo in range(0, size, batch_size)]
 
 
-def shuffled_index_batches(total: int, batch_size: int, seed: int, epoch: int, block_size: int = 512,
-                           buffer_blocks: int = 8) -> Iterator[np.ndarray]:
+def shuffled_index_batches(
+    total: int, batch_size: int, seed: int, epoch: int, block_size: int = 512, buffer_blocks: int = 8
+) -> Iterator[np.ndarray]:
     """The stamp indices of each batch of :func:`shuffled_batches` (same seed, same batches)."""
     for blocks, batches in shuffled_plan(total, batch_size, seed, epoch, block_size, buffer_blocks):
         index = np.concatenate([np.arange(s, min(s + block_size, total)) for s in blocks])
@@ -66,7 +68,9 @@ def shuffled_batches(
     with open_dataset(path) as ds:
         total = ds.n if n is None else min(n, ds.n)
         for blocks, batches in shuffled_plan(total, batch_size, seed, epoch, block_size, buffer_blocks):
-            buffer = {key: np.concatenate([_read(ds, key, s, min(s + block_size, total)) for s in blocks]) for key in keys}
+            buffer = {
+                key: np.concatenate([_read(ds, key, s, min(s + block_size, total)) for s in blocks]) for key in keys
+            }
             for idx in batches:
                 yield {key: value[idx] for key, value in buffer.items()}
 

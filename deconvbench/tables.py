@@ -225,10 +225,26 @@ def bias_table(result: dict) -> str:
 def render_validation_table(rows) -> str:
     """The table of ``deconvbench validate-render`` (rows of :func:`deconvbench.sim.validate.validate_render`)."""
     body = [
-        [r.by, r.name, r.image, r.n, f"{r.max_rel:.2e}", f"{r.rms_rel:.2e}",
-         f"{r.flux_ratio_min - 1:+.2e}", f"{r.flux_ratio_max - 1:+.2e}"]
+        [
+            r.by,
+            r.name,
+            r.image,
+            r.n,
+            f"{r.max_rel:.2e}",
+            f"{r.rms_rel:.2e}",
+            f"{r.flux_ratio_min - 1:+.2e}",
+            f"{r.flux_ratio_max - 1:+.2e}",
+        ]
         for r in rows
     ]
-    headers = ["by", "name", "image", "stamps", "max |Δ|/peak", "rms over stamps", "min flux ratio − 1",
-               "max flux ratio − 1"]
+    headers = [
+        "by",
+        "name",
+        "image",
+        "stamps",
+        "max |Δ|/peak",
+        "rms over stamps",
+        "min flux ratio − 1",
+        "max flux ratio − 1",
+    ]
     return tabulate(body, headers=headers, tablefmt="simple")

@@ -70,8 +70,9 @@ def compare_render(card_name: str, split: str, n: int, workers: int, kinds: list
 
     card = load_card(card_name)
     n_groups = n // group_size(card)
-    chunks = [(card.model_dump_json(), split, g, min(CHUNK_GROUPS, n_groups - g))
-              for g in range(0, n_groups, CHUNK_GROUPS)]
+    chunks = [
+        (card.model_dump_json(), split, g, min(CHUNK_GROUPS, n_groups - g)) for g in range(0, n_groups, CHUNK_GROUPS)
+    ]
     for kind in kinds:
         with make_executor(ExecutorSpec(kind=kind, workers=workers)) as executor:
             executor.map_ordered(trivial, range(4 * workers))  # workers up and warm
@@ -81,8 +82,11 @@ def compare_render(card_name: str, split: str, n: int, workers: int, kinds: list
                 for key in sorted(arrays):
                     digest.update(arrays[key].tobytes())
             wall = time.perf_counter() - start
-        print(f"{kind:5s} {workers} workers: {n} stamps of {card_name}/{split} in {len(chunks)} tasks: "
-              f"{wall:6.1f} s ({n / wall:6.1f} stamps/s), sha256 {digest.hexdigest()[:16]}", flush=True)
+        print(
+            f"{kind:5s} {workers} workers: {n} stamps of {card_name}/{split} in {len(chunks)} tasks: "
+            f"{wall:6.1f} s ({n / wall:6.1f} stamps/s), sha256 {digest.hexdigest()[:16]}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -112,8 +116,10 @@ def main() -> None:
                 print(f"{kind:5s} {w} workers: trivial tasks, client.map + gather: {rate:7.0f} tasks/s", flush=True)
             for duration in args.durations:
                 n, over = overhead(executor, duration, w, args.busy_seconds, None)
-                print(f"{kind:5s} {w} workers: {n:5d} busy tasks of {duration:5.3f} s: overhead {100 * over:+6.1f} %",
-                      flush=True)
+                print(
+                    f"{kind:5s} {w} workers: {n:5d} busy tasks of {duration:5.3f} s: overhead {100 * over:+6.1f} %",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

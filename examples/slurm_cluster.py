@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     command: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, command = argv[:cut], argv[cut + 1:]
+        argv, command = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, required=True, help="SLURM jobs to submit")
     parser.add_argument("--cores", type=int, required=True, help="cores per job = worker processes per job")
@@ -53,8 +53,13 @@ def main(argv: list[str]) -> int:
     from distributed import Client
 
     cluster = SLURMCluster(
-        queue=args.queue, account=args.account, cores=args.cores, processes=args.cores,
-        memory=args.memory, walltime=args.walltime, job_script_prologue=THREAD_ENV,
+        queue=args.queue,
+        account=args.account,
+        cores=args.cores,
+        processes=args.cores,
+        memory=args.memory,
+        walltime=args.walltime,
+        job_script_prologue=THREAD_ENV,
     )
     try:
         if args.dry_run:
@@ -63,8 +68,11 @@ def main(argv: list[str]) -> int:
         client = Client(cluster)
         client.write_scheduler_file(args.scheduler_file)
         cluster.scale(jobs=args.jobs)
-        print(f"scheduler {cluster.scheduler_address}, file {args.scheduler_file}; waiting for "
-              f"{args.min_workers} worker(s)", flush=True)
+        print(
+            f"scheduler {cluster.scheduler_address}, file {args.scheduler_file}; waiting for "
+            f"{args.min_workers} worker(s)",
+            flush=True,
+        )
         client.wait_for_workers(args.min_workers)
         if command:
             return subprocess.call(command)

@@ -36,9 +36,13 @@ class TinyDeconv(nn.Module):
 
     def __init__(self, width: int = 16):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(2, width, 5, padding=2), nn.ReLU(),
-                                  nn.Conv2d(width, width, 5, padding=2), nn.ReLU(),
-                                  nn.Conv2d(width, 1, 5, padding=2))
+        self.body = nn.Sequential(
+            nn.Conv2d(2, width, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(width, 1, 5, padding=2),
+        )
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 

@@ -59,9 +59,9 @@ def test_benchmark_data_stays_in_the_working_folder(tmp_path, monkeypatch):
     path = Path(_bench("_data").generate_split("smoke", "test", n=8))
     assert path.is_relative_to(tmp_path) and path.exists()
     generate = _bench("bench_generate").Generate()
-    generate.setup("ground-v1")
+    generate.setup("ground-v2")
     assert generate.folder.exists()
-    generate.teardown("ground-v1")
+    generate.teardown("ground-v2")
     assert not generate.folder.exists()
     assert set(Path(tempfile.gettempdir()).glob("deconvbench-asv-*")) == before
 

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from deconvbench import leaderboard
@@ -24,8 +23,10 @@ N = 64
 
 @pytest.fixture(scope="module")
 def card():
-    return make_card("metacal-offsets", splits={"noiseless": {"n": 128, "seed": 3},
-                                                "leakage": {"n": 128, "seed": 4, "psf_shear": [0.05, 0.0]}})
+    return make_card(
+        "metacal-offsets",
+        splits={"noiseless": {"n": 128, "seed": 3}, "leakage": {"n": 128, "seed": 4, "psf_shear": [0.05, 0.0]}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,25 @@ def test_submit_accepts_a_stream_result_with_its_published_digest(streamed, monk
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "bias", "--method", "fft", "--card", "smoke",
-                           "--split", "test", "--n", "8", "--out", str(tmp_path / "x.json")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deconvbench.cli",
+            "bias",
+            "--method",
+            "fft",
+            "--card",
+            "smoke",
+            "--split",
+            "test",
+            "--n",
+            "8",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "metacal" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

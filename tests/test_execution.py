@@ -15,14 +15,20 @@ import pytest
 
 from deconvbench.errors import DeconvbenchError
 from deconvbench.execution import (
-    ExecutorError, ExecutorSpec, InlineExecutor, LocalExecutor, Terminated, WorkerLostError, make_executor,
+    ExecutorError,
+    ExecutorSpec,
+    InlineExecutor,
+    LocalExecutor,
+    Terminated,
+    WorkerLostError,
+    make_executor,
 )
 
 from . import execution_tasks as tasks
 from .conftest import make_card
 
 try:
-    import distributed  # noqa: F401
+    import distributed
 except ImportError:
     distributed = None
 needs_dask = pytest.mark.skipif(distributed is None, reason="needs extra [dask]")
@@ -40,14 +46,17 @@ def on_dask(workers: int = 2, **kw):
 
 
 # -- options -----------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, message", [
-    (ExecutorSpec(kind="ray"), "--executor must be one of local, dask"),
-    (ExecutorSpec(workers=0), "-j/--workers must be >= 1"),
-    (ExecutorSpec(blas_threads=0), "--blas-threads must be >= 1"),
-    (ExecutorSpec(scheduler="tcp://127.0.0.1:8786"), "need --executor dask"),
-    (ExecutorSpec(kind="dask", scheduler="tcp://a:1", scheduler_file=Path("f.json")), "not both"),
-    (ExecutorSpec(kind="dask", scheduler_file=Path("no-such-scheduler.json")), "scheduler file not found"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (ExecutorSpec(kind="ray"), "--executor must be one of local, dask"),
+        (ExecutorSpec(workers=0), "-j/--workers must be >= 1"),
+        (ExecutorSpec(blas_threads=0), "--blas-threads must be >= 1"),
+        (ExecutorSpec(scheduler="tcp://127.0.0.1:8786"), "need --executor dask"),
+        (ExecutorSpec(kind="dask", scheduler="tcp://a:1", scheduler_file=Path("f.json")), "not both"),
+        (ExecutorSpec(kind="dask", scheduler_file=Path("no-such-scheduler.json")), "scheduler file not found"),
+    ],
+)
 def test_bad_options_are_one_clear_error(spec, message):
     with pytest.raises(ExecutorError, match=message) as info:
         make_executor(spec)
@@ -59,14 +68,19 @@ def test_unreachable_scheduler_is_an_executor_error(monkeypatch):
     from deconvbench.execution import dask_cluster
 
     monkeypatch.setattr(dask_cluster, "CONNECT_TIMEOUT_SECONDS", 1)
-    with pytest.raises(ExecutorError, match="cannot connect to tcp://127.0.0.1:9"):
-        with make_executor(dask_spec(scheduler="tcp://127.0.0.1:9")):
-            pass
+    with (
+        pytest.raises(ExecutorError, match="cannot connect to tcp://127.0.0.1:9"),
+        make_executor(dask_spec(scheduler="tcp://127.0.0.1:9")),
+    ):
+        pass
 
 
 # -- ordered results ---------------------------------------------------------------------
-@pytest.mark.parametrize("spec", [ExecutorSpec("inline"), ExecutorSpec("local", 1), ExecutorSpec("local", 2),
-                                  on_dask(2)], ids=["inline", "local-1", "local-2", "dask-2"])
+@pytest.mark.parametrize(
+    "spec",
+    [ExecutorSpec("inline"), ExecutorSpec("local", 1), ExecutorSpec("local", 2), on_dask(2)],
+    ids=["inline", "local-1", "local-2", "dask-2"],
+)
 def test_results_in_task_order_with_a_bounded_window(spec):
     with make_executor(spec) as executor:
         assert executor.map_ordered(tasks.square, range(24), max_in_flight=3) == SQUARES
@@ -105,13 +119,19 @@ def test_real_rendering_is_bit_identical_on_every_executor():
 
 @pytest.mark.parametrize("spec", [ExecutorSpec("local", 2), on_dask(2)], ids=["local", "dask"])
 def test_a_task_error_is_raised_as_itself_and_not_retried(spec):
-    with make_executor(spec) as executor:
-        with pytest.raises(ValueError, match="task 3 is bad"):
-            executor.map_ordered(tasks.fail_on_three, range(6))
+    with make_executor(spec) as executor, pytest.raises(ValueError, match="task 3 is bad"):
+        executor.map_ordered(tasks.fail_on_three, range(6))
 
 
-@pytest.mark.parametrize("spec, threads", [(ExecutorSpec("local", 1), 1), (ExecutorSpec("local", 1, blas_threads=2), 2),
-                                           pytest.param(dask_spec(1), 1, marks=needs_dask)], ids=["local", "local-2-threads", "dask"])
+@pytest.mark.parametrize(
+    "spec, threads",
+    [
+        (ExecutorSpec("local", 1), 1),
+        (ExecutorSpec("local", 1, blas_threads=2), 2),
+        pytest.param(dask_spec(1), 1, marks=needs_dask),
+    ],
+    ids=["local", "local-2-threads", "dask"],
+)
 def test_workers_run_one_blas_thread_unless_asked(spec, threads):
     with make_executor(spec) as executor:
         assert executor.map_ordered(tasks.thread_settings, [0]) == [(str(threads), threads)]
@@ -127,22 +147,31 @@ def test_a_killed_worker_has_its_task_rerun_nothing_lost_or_doubled(spec, tmp_pa
         if spec.kind == "local":
             assert executor.pool_restarts == 1
     assert marker.exists()  # task 5 did kill its worker process
-    assert not psutil.pid_exists(int(marker.read_text())) or \
-        psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(int(marker.read_text()))
+        or psutil.Process(int(marker.read_text())).status() == psutil.STATUS_ZOMBIE
+    )
     assert got == [(i, i * i) for i in range(16)]
 
 
 def test_a_task_that_always_kills_its_worker_is_given_up():
-    with LocalExecutor(2, retries=1) as executor:
-        with pytest.raises(WorkerLostError, match="task 0 lost its worker process 2 times"):
-            executor.map_ordered(tasks.always_die, range(2))
+    with (
+        LocalExecutor(2, retries=1) as executor,
+        pytest.raises(WorkerLostError, match="task 0 lost its worker process 2 times"),
+    ):
+        executor.map_ordered(tasks.always_die, range(2))
 
 
 # -- interrupts: no worker left behind ---------------------------------------------------
 def _start_client(kind: str, folder: Path, workers: int = 2) -> tuple[subprocess.Popen, list[psutil.Process]]:
     code = "import sys; from tests.execution_tasks import client_main; sys.exit(client_main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, kind, str(workers), str(folder)], cwd=REPO,
-                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, kind, str(workers), str(folder)],
+        cwd=REPO,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while len(list(folder.glob("*.started"))) < workers:  # every worker is busy in a task
         assert proc.poll() is None, proc.stderr.read()
@@ -197,10 +226,9 @@ def test_an_interrupted_client_leaves_no_worker_behind(kind, how, tmp_path):
 
 def test_sigterm_becomes_terminated_inside_the_context_and_is_restored_after():
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated) as info:
-        with LocalExecutor(1):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
+    with pytest.raises(Terminated) as info, LocalExecutor(1):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
     assert isinstance(info.value, KeyboardInterrupt) and info.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -213,11 +241,34 @@ def test_a_remote_cluster_through_its_scheduler_file(tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     dask_cli = [sys.executable, "-m"]
     common = dict(cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    scheduler = subprocess.Popen(dask_cli + ["distributed.cli.dask_scheduler", "--scheduler-file", str(scheduler_file),
-                                             "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], **common)
-    worker = subprocess.Popen(dask_cli + ["distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file),
-                                          "--nthreads", "1", "--no-nanny", "--no-dashboard"],
-                              env={**os.environ, "OMP_NUM_THREADS": "4"}, **common)
+    scheduler = subprocess.Popen(
+        dask_cli
+        + [
+            "distributed.cli.dask_scheduler",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+        ],
+        **common,
+    )
+    worker = subprocess.Popen(
+        dask_cli
+        + [
+            "distributed.cli.dask_worker",
+            "--scheduler-file",
+            str(scheduler_file),
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "4"},
+        **common,
+    )
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():

@@ -48,8 +48,9 @@ def test_dataset_file_matches_the_schema(smoke_test_file):
 
 
 def test_estimate_file_matches_the_schema(smoke_test_file, tmp_path):
-    run_method(load_method("fft"), smoke_test_file, tmp_path / "r.json", batch_size=64,
-               save_outputs=tmp_path / "est.h5")
+    run_method(
+        load_method("fft"), smoke_test_file, tmp_path / "r.json", batch_size=64, save_outputs=tmp_path / "est.h5"
+    )
     with h5py.File(tmp_path / "est.h5", "r") as handle:
         _check(handle, SCHEMA["estimate_file"], n=64, size=48)
 

@@ -73,7 +73,6 @@ def test_reconv_kernel_is_ngmix_fitgauss_widened_for_psf_ellipticity():
     assert widening[3] > widening[2]
 
 
-
 def test_wmom_round_sheared_and_failed_stamps():
     n = 48
     sigma = 0.5
@@ -106,8 +105,7 @@ def test_wmom_weight_follows_the_galaxy():
     n = 48
     # a metacal image: galaxy ⊗ round Gaussian Γ (well sampled, so sums over pixels do
     # not depend on the sub-pixel position)
-    gal = galsim.Convolve(galsim.Exponential(half_light_radius=0.5).shear(g1=0.1, g2=-0.05),
-                          galsim.Gaussian(fwhm=0.8))
+    gal = galsim.Convolve(galsim.Exponential(half_light_radius=0.5).shear(g1=0.1, g2=-0.05), galsim.Gaussian(fwhm=0.8))
     offsets = [(0.0, 0.0), (0.37, -0.81), (1.0, 1.0), (-0.5, 0.25)]
     images = np.stack([draw(gal.shift(dx * PIXEL, dy * PIXEL), n, "no_pixel") for dx, dy in offsets])
     res = wmom(images, PIXEL)
@@ -122,10 +120,13 @@ def test_admom_agrees_with_galsim_hsm():
     """The batched adaptive moments against GalSim HSM, the independent check: e and σ
     agree to 1e-6 on offset, sheared galaxies and PSFs."""
     n = 48
-    profiles = [galsim.Exponential(half_light_radius=0.5).shear(g1=0.2, g2=-0.1).shift(0.07, -0.11),
-                galsim.Convolve(galsim.Sersic(n=2.5, half_light_radius=0.6).shear(g1=-0.3, g2=0.1),
-                                galsim.Moffat(beta=3.0, fwhm=0.8)),
-                galsim.Moffat(beta=2.5, fwhm=0.7).shear(g1=0.04, g2=0.03).shift(0.1, 0.0)]
+    profiles = [
+        galsim.Exponential(half_light_radius=0.5).shear(g1=0.2, g2=-0.1).shift(0.07, -0.11),
+        galsim.Convolve(
+            galsim.Sersic(n=2.5, half_light_radius=0.6).shear(g1=-0.3, g2=0.1), galsim.Moffat(beta=3.0, fwhm=0.8)
+        ),
+        galsim.Moffat(beta=2.5, fwhm=0.7).shear(g1=0.04, g2=0.03).shift(0.1, 0.0),
+    ]
     images = np.stack([draw(p, n) for p in profiles])
     res = admom(images, PIXEL)
     assert np.all(res["flags"] == 0)

@@ -85,9 +85,9 @@ def test_metacal_moments_match_analytic_sheared_covariance():
     for mtype, image in out.items():
         img = image[0]
         flux = img.sum()
-        measured = np.array(
-            [[(img * x * x).sum(), (img * x * y).sum()], [(img * x * y).sum(), (img * y * y).sum()]]
-        ) / flux
+        measured = (
+            np.array([[(img * x * x).sum(), (img * x * y).sum()], [(img * x * y).sum(), (img * y * y).sum()]]) / flux
+        )
         s = shear_matrix(*metacal_shear(mtype))
         expected = sigma_gal**2 * s @ s.T + sigma_g**2 * np.eye(2)
         assert flux == pytest.approx(deconvolved.sum(), rel=1e-7)
@@ -100,8 +100,9 @@ def test_metacal_moments_match_analytic_sheared_covariance():
 def test_zero_shear_with_target_reconvolution_removes_only_the_pixel(n):
     """noshear with Γ = the target's Gaussian divides out the pixel and nothing else:
     D = galaxy ⊗ target ⊗ pixel becomes galaxy ⊗ target (drawn with 'no_pixel')."""
-    galaxy = galsim.Convolve(galsim.Exponential(half_light_radius=0.4).shear(g1=0.1, g2=0.2),
-                             galsim.Gaussian(fwhm=TARGET))
+    galaxy = galsim.Convolve(
+        galsim.Exponential(half_light_radius=0.4).shear(g1=0.1, g2=0.2), galsim.Gaussian(fwhm=TARGET)
+    )
     out = metacal_images(draw(galaxy, n)[None], PIXEL, TARGET, TARGET, types=("noshear",))
     assert peak_error(out["noshear"][0], draw(galaxy, n, "no_pixel")) < 1e-5
 
@@ -165,8 +166,13 @@ def test_fixnoise_rotation_flips_the_applied_shear():
 
     n, seeds = 33, np.array([11, 12], dtype=np.uint64)
     sigma = np.array([1.0, 2.0])
-    batch = Batch(observed=np.zeros((2, n, n)), psf=np.zeros((2, n, n)), noise_sigma=sigma,
-                  pixel_scale_arcsec=PIXEL, target_fwhm_arcsec=TARGET)
+    batch = Batch(
+        observed=np.zeros((2, n, n)),
+        psf=np.zeros((2, n, n)),
+        noise_sigma=sigma,
+        pixel_scale_arcsec=PIXEL,
+        target_fwhm_arcsec=TARGET,
+    )
     config = MetacalConfig()
     fixed = fixnoise_term(_Identity(), batch, np.full(2, 0.8), config, seeds)
     noise = fixnoise_fields(sigma, seeds, (2, n, n))

@@ -19,14 +19,15 @@ from deconvbench.store import open_dataset
 def test_fft_on_noiseless_metacal_set_is_calibrated(smoke_metacal_file, tmp_path):
     """Harness self-test: exact deconvolution + batched metacal recovers the input shear.
     (64 stamps here; the full-size run is `deconvbench run --method fft --metacal`.)"""
-    result = run_method(load_method("fft"), smoke_metacal_file, tmp_path / "r.json", batch_size=32,
-                        metacal=MetacalConfig())
+    result = run_method(
+        load_method("fft"), smoke_metacal_file, tmp_path / "r.json", batch_size=32, metacal=MetacalConfig()
+    )
     block = result["metacal"]
     assert block["n_pairs"] == 32 and block["overall"]["n_excluded"] == 0
-    # measured: m = 8.364e-5 (the estimator's floor), c, c1 ~ 5e-9, R11 = 0.32237
-    assert block["m"] == pytest.approx(8.364e-5, abs=1e-7), block["m"]
+    # measured on smoke-metacal v2: m = 6.765e-5 (the estimator's floor), c, c1 ~ 2e-9, R11 = 0.335085
+    assert block["m"] == pytest.approx(6.765e-5, abs=1e-7), block["m"]
     assert abs(block["c"]) < 1e-8 and abs(block["c1"]) < 1e-8
-    assert block["R11"] == pytest.approx(0.322365, rel=1e-5)
+    assert block["R11"] == pytest.approx(0.335085, rel=1e-5)
     # the estimator's own non-linearity (≈ 0.9 g² = 9e-5) is visible and reported, not subtracted
     assert block["m_floor_estimator"] == pytest.approx(9e-5)
     assert 0.2 < block["R11"] < 1.0 and block["alpha"] is None
@@ -39,9 +40,13 @@ def test_galsim_mcal_method_agrees_with_the_batched_path(smoke_metacal_file, tmp
     generated stamps. (Image-level agreement to < 1e-4 of the peak on analytic profiles is
     test_metacal_ops.py::test_batched_path_matches_galsim_reference_route; on generated
     stamps the two differ by the PSF flux outside the stamp, ~1e-3 for Moffat β = 2.5.)"""
-    runs = {name: run_method(load_method(name), smoke_metacal_file, tmp_path / f"{name}.json", batch_size=64,
-                             metacal=MetacalConfig())["metacal"] for name in ("fft", "galsim-mcal")}
-    # measured: m 8.364e-5 vs 8.567e-5, R11 equal to 2e-6 relative, c 5e-9
+    runs = {
+        name: run_method(
+            load_method(name), smoke_metacal_file, tmp_path / f"{name}.json", batch_size=64, metacal=MetacalConfig()
+        )["metacal"]
+        for name in ("fft", "galsim-mcal")
+    }
+    # measured on smoke-metacal v2: m 6.765e-5 vs 6.851e-5, R11 equal to 1e-6 relative, c 3e-9
     assert abs(runs["fft"]["m"] - runs["galsim-mcal"]["m"]) < 4e-6
     assert runs["fft"]["R11"] == pytest.approx(runs["galsim-mcal"]["R11"], rel=1e-5)
     assert abs(runs["galsim-mcal"]["c"]) < 1e-8
@@ -59,8 +64,13 @@ def test_estimator_nans_are_counted_and_excluded(smoke_metacal_file, tmp_path):
 
     register_estimator("flaky-test", flaky)
     try:
-        result = run_method(load_method("fft"), smoke_metacal_file, tmp_path / "r.json", batch_size=32,
-                            metacal=MetacalConfig(estimator="flaky-test"))
+        result = run_method(
+            load_method("fft"),
+            smoke_metacal_file,
+            tmp_path / "r.json",
+            batch_size=32,
+            metacal=MetacalConfig(estimator="flaky-test"),
+        )
     finally:
         ESTIMATORS.pop("flaky-test")
     overall = result["metacal"]["overall"]
@@ -82,8 +92,12 @@ def test_fixnoise_field_is_shared_by_pairs_and_rotated_before_deconvolution(smok
     with open_dataset(smoke_metacal_file) as ds:
         arrays = {k: ds.read(k, 0, 8) for k in ("observed", "psf")}
         params = ds.params()[:8]
-        batch = Batch(**arrays, noise_sigma=np.full(8, 0.5), pixel_scale_arcsec=ds.pixel_scale_arcsec,
-                      target_fwhm_arcsec=ds.target_psf_fwhm_arcsec)
+        batch = Batch(
+            **arrays,
+            noise_sigma=np.full(8, 0.5),
+            pixel_scale_arcsec=ds.pixel_scale_arcsec,
+            target_fwhm_arcsec=ds.target_psf_fwhm_arcsec,
+        )
     seeds = params["noise_seed"]
     fields = fixnoise_fields(batch.noise_sigma, seeds, batch.observed.shape)
     assert np.array_equal(fields[0], fields[1]) and np.array_equal(fields[2], fields[3])  # slots (+g, −g)
@@ -95,10 +109,20 @@ def test_fixnoise_field_is_shared_by_pairs_and_rotated_before_deconvolution(smok
     config = MetacalConfig(fixnoise=True)
     reconv = reconv_fwhm(batch.psf, batch.pixel_scale_arcsec)
     term = fixnoise_term(fft, batch, reconv, config, seeds)
-    rotated = Batch(observed=np.rot90(fields, 1, axes=(-2, -1)), psf=batch.psf, noise_sigma=batch.noise_sigma,
-                    pixel_scale_arcsec=batch.pixel_scale_arcsec, target_fwhm_arcsec=batch.target_fwhm_arcsec)
-    expected = metacal_images(fft.deconvolve(rotated), batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, reconv,
-                              pad_factor=config.pad_factor)
+    rotated = Batch(
+        observed=np.rot90(fields, 1, axes=(-2, -1)),
+        psf=batch.psf,
+        noise_sigma=batch.noise_sigma,
+        pixel_scale_arcsec=batch.pixel_scale_arcsec,
+        target_fwhm_arcsec=batch.target_fwhm_arcsec,
+    )
+    expected = metacal_images(
+        fft.deconvolve(rotated),
+        batch.pixel_scale_arcsec,
+        batch.target_fwhm_arcsec,
+        reconv,
+        pad_factor=config.pad_factor,
+    )
     for key, value in expected.items():
         assert np.allclose(term[key], np.rot90(value, -1, axes=(-2, -1)), rtol=0, atol=1e-12), key
     estimate = fft.deconvolve(batch)
@@ -114,15 +138,64 @@ def test_cli_metacal_table_and_result_block(tmp_path):
 
     env = {**os.environ, "DECONVBENCH_DATA": str(tmp_path / "data")}
     out = tmp_path / "res"
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "run", "--method", "fft", "--metacal",
-                           "--dataset", "smoke-metacal", "--split", "noiseless", "--n", "32", "--out", str(out / "fft.json")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deconvbench.cli",
+            "run",
+            "--method",
+            "fft",
+            "--metacal",
+            "--dataset",
+            "smoke-metacal",
+            "--split",
+            "noiseless",
+            "--n",
+            "32",
+            "--out",
+            str(out / "fft.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "m ± σm" in proc.stdout and "|m|<1e-3" in proc.stdout
     block = json.loads((out / "fft.json").read_text())["metacal"]
-    for key in ("m", "m_err", "c", "c_err", "alpha", "alpha_err", "R11", "R22", "n_pairs", "estimator", "by_snr",
-                "overall"):
+    for key in (
+        "m",
+        "m_err",
+        "c",
+        "c_err",
+        "alpha",
+        "alpha_err",
+        "R11",
+        "R22",
+        "n_pairs",
+        "estimator",
+        "by_snr",
+        "overall",
+    ):
         assert key in block
-    bad = subprocess.run([sys.executable, "-m", "deconvbench.cli", "run", "--method", "fft", "--metacal",
-                          "--dataset", "smoke", "--split", "test"], capture_output=True, text=True, env=env, timeout=600)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deconvbench.cli",
+            "run",
+            "--method",
+            "fft",
+            "--metacal",
+            "--dataset",
+            "smoke",
+            "--split",
+            "test",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "constant-shear" in bad.stderr and "Traceback" not in bad.stderr

@@ -131,7 +131,9 @@ def test_ssim_matches_scikit_image():
     # explicit data_range
     t, e = cases[0][0][:2], cases[0][0][:2] * 0.9
     ref = [
-        skm.structural_similarity(t[i], e[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=7.0)
+        skm.structural_similarity(
+            t[i], e[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=7.0
+        )
         for i in range(2)
     ]
     np.testing.assert_allclose(ssim(e, t, data_range=7.0), ref, atol=1e-6, rtol=0)

@@ -33,19 +33,33 @@ def _full_fold(full_centred: np.ndarray, pad: int) -> np.ndarray:
 @pytest.mark.parametrize("pad,size", [(72, 144), (72, 216), (96, 96), (64, 256)])
 def test_half_plane_fold_equals_full_plane_alias_sum(pad, size):
     dk = 2 * np.pi / (pad * 0.2)
-    profile = galsim.Convolve(galsim.Exponential(half_light_radius=0.4).shear(g1=0.3, g2=-0.2).shift(0.05, 0.03),
-                              galsim.Moffat(beta=3.0, fwhm=0.7))
+    profile = galsim.Convolve(
+        galsim.Exponential(half_light_radius=0.4).shear(g1=0.3, g2=-0.2).shift(0.05, 0.03),
+        galsim.Moffat(beta=3.0, fwhm=0.7),
+    )
     full = profile.drawKImage(nx=size, ny=size, scale=dk).array
     half = kspace.half_kimage(profile, size, dk)
-    np.testing.assert_allclose(half[:, : size // 2], full[:, size // 2:], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(half[:, : size // 2], full[:, size // 2 :], rtol=0, atol=1e-12)
     # the Nyquist column differs in convention only (+M/2 vs −M/2): compare away from it
     np.testing.assert_allclose(kspace.fold_to_rfft(half, pad)[:, :-1], _full_fold(full, pad)[:, :-1], rtol=0, atol=1e-9)
 
 
 def test_knots_as_separable_sum_equal_galsim_kimage():
-    row = dict(gal_profile=b"disk+knots", gal_flux=1000.0, gal_hlr_arcsec=0.5, gal_knots_flux_fraction=0.3,
-               gal_knots_n=40, gal_knots_seed=7, gal_g1=0.2, gal_g2=-0.1, rotation_deg=90.0, shear_g1=0.01,
-               shear_g2=0.0, offset_x_pix=0.3, offset_y_pix=-0.2)
+    row = dict(
+        gal_profile=b"disk+knots",
+        gal_flux=1000.0,
+        gal_hlr_arcsec=0.5,
+        gal_knots_flux_fraction=0.3,
+        gal_knots_n=40,
+        gal_knots_seed=7,
+        gal_g1=0.2,
+        gal_g2=-0.1,
+        rotation_deg=90.0,
+        shear_g1=0.01,
+        shear_g2=0.0,
+        offset_x_pix=0.3,
+        offset_y_pix=-0.2,
+    )
     gsp = gsparams()
     size, dk = 144, 2 * np.pi / (72 * 0.2)
     smooth, xy, flux = galaxy_parts(row, 0.2, gsp)
@@ -71,12 +85,18 @@ def test_validate_render_on_smoke_is_within_1e4_of_galsim():
 
 
 def test_validate_render_command(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "4"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "max |Δ|/peak" in proc.stdout and "gaussian" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "0"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--n" in bad.stderr
 
 
@@ -85,8 +105,12 @@ def dummy_family():
     """A PSF family registered for one test only: a Gaussian whose sigma is its own column."""
     column = registry.Param("psf_dummy_sigma_arcsec", "f8", "arcsec", "sigma of the dummy Gaussian PSF")
     component = registry.Component(
-        "psf", "dummy", (column,), lambda rng, spec, base: {"psf_dummy_sigma_arcsec": float(rng.uniform(0.2, 0.3))},
-        lambda row, gsp: galsim.Gaussian(sigma=float(row["psf_dummy_sigma_arcsec"]), gsparams=gsp))
+        "psf",
+        "dummy",
+        (column,),
+        lambda rng, spec, base: {"psf_dummy_sigma_arcsec": float(rng.uniform(0.2, 0.3))},
+        lambda row, gsp: galsim.Gaussian(sigma=float(row["psf_dummy_sigma_arcsec"]), gsparams=gsp),
+    )
     registry.register(component)
     yield component
     registry.unregister("psf", "dummy")
@@ -118,9 +142,12 @@ def test_adding_a_card_column_source_changes_no_draw():
     original = registry.GALAXY_PROFILES["bulge+disk"]
     extra = registry.Param("gal_dummy", "f8", "", "a new column")
     registry.GALAXY_PROFILES["bulge+disk"] = registry.Component(
-        "galaxy", "bulge+disk", original.params + (extra,),
+        "galaxy",
+        "bulge+disk",
+        original.params + (extra,),
         lambda rng, spec, base: {**original.draw(rng, spec, base), "gal_dummy": float(rng.uniform())},
-        original.build)
+        original.build,
+    )
     try:
         after = draw_galaxies(card, "test", 0, 12)
     finally:
@@ -132,7 +159,9 @@ def test_adding_a_card_column_source_changes_no_draw():
 
 def test_params_schema_file_matches_registry_and_writer(smoke_test_file):
     schema = json.loads((cards_dir() / "params-schema.json").read_text())
-    assert schema == registry.params_schema(), "regenerate: python -m deconvbench.sim.registry > datasets/params-schema.json"
+    assert schema == registry.params_schema(), (
+        "regenerate: python -m deconvbench.sim.registry > datasets/params-schema.json"
+    )
     documented = {c["name"]: c for c in schema["columns"]}
     with open_dataset(smoke_test_file) as ds:
         written = ds.params().dtype
@@ -143,8 +172,9 @@ def test_params_schema_file_matches_registry_and_writer(smoke_test_file):
 
 
 def test_psf_sharing_groups_galaxies_and_keeps_the_family(data_root):
-    card = make_card(psf={"families": {"moffat": 1.0, "gaussian": 1.0}, "galaxies_per_psf": 4},
-                     splits={"test": {"n": 16, "seed": 5}})
+    card = make_card(
+        psf={"families": {"moffat": 1.0, "gaussian": 1.0}, "galaxies_per_psf": 4}, splits={"test": {"n": 16, "seed": 5}}
+    )
     path = data_root / "shared-psf.h5"
     generate(card, "test", path)
     with open_dataset(path) as ds:
@@ -158,8 +188,9 @@ def test_psf_sharing_groups_galaxies_and_keeps_the_family(data_root):
 
 
 def test_checksum_is_the_same_for_one_and_two_workers(data_root):
-    card = make_card("smoke-metacal", psf={"galaxies_per_psf": 2},
-                     splits={"snr50": {"n": 48, "seed": 9, "snr_levels": [50.0]}})
+    card = make_card(
+        "smoke-metacal", psf={"galaxies_per_psf": 2}, splits={"snr50": {"n": 48, "seed": 9, "snr_levels": [50.0]}}
+    )
     one = generate(card, "snr50", data_root / "w1.h5", workers=1)
     two = generate(card, "snr50", data_root / "w2.h5", workers=2)
     assert one.checksum == two.checksum

@@ -13,8 +13,14 @@ import pytest
 
 from deconvbench.harness import run_method
 from deconvbench.methods import load_method
-from deconvbench.report.collect import (ReportError, bias_series, load_sections, metric_series, pareto_front,
-                                        speed_points)
+from deconvbench.report.collect import (
+    ReportError,
+    bias_series,
+    load_sections,
+    metric_series,
+    pareto_front,
+    speed_points,
+)
 from deconvbench.report.gallery import pick_stamps
 from deconvbench.report.page import build_report
 from deconvbench.store import open_dataset
@@ -25,16 +31,19 @@ CLI = [sys.executable, "-m", "deconvbench.cli"]
 
 def test_sections_of_the_committed_results():
     sections = load_sections(REPO / "results")
-    assert [s.title for s in sections] == ["ground-v1 v1 — test", "space-v1 v1 — test",
-                                           "metacal-v1 v1 — metacal splits leakage, noiseless, snr20, snr50"]
+    assert [s.title for s in sections] == [
+        "ground-v1 v1 — test",
+        "space-v1 v1 — test",
+        "metacal-v1 v1 — metacal splits leakage, noiseless, snr20, snr50",
+    ]
     assert [len(s.results) for s in sections] == [6, 4, 17]
     ground, _, metacal = sections
-    wiener = json.loads((REPO / "results" / "ground-v1-v1_test_wiener.json").read_text())
+    wiener = json.loads((REPO / "results" / "ground-v2-v2_test_wiener.json").read_text())
     nmse = metric_series(ground, "nmse")
     assert [label for label, _ in nmse["wiener"]] == ["10", "20", "40", "80", "200", "noiseless"]
     assert dict(nmse["wiener"])["20"] == wiener["metrics"]["by_snr"]["20"]["nmse"]["mean"]
     m = bias_series(metacal, "m")
-    fft50 = json.loads((REPO / "results" / "metacal-v1-v1_snr50_fft.json").read_text())["metacal"]["overall"]
+    fft50 = json.loads((REPO / "results" / "metacal-v2-v2_snr50_fft.json").read_text())["metacal"]["overall"]
     assert ("50", fft50["m"], fft50["m_err"]) in m["fft"]
     assert [label for label, *_ in m["fft"]] == ["20", "50", "noiseless"]  # leakage split left out
     assert sorted(m) == ["deconvnet-torch", "fft", "fft fixnoise", "galsim-mcal", "wiener"]
@@ -71,7 +80,7 @@ def test_report_from_committed_results_without_gallery(tmp_path):
 def _space_results(tmp_path) -> Path:
     results = tmp_path / "results"
     results.mkdir()
-    for path in (REPO / "results").glob("space-v1-*.json"):
+    for path in (REPO / "results").glob("space-v2-*.json"):
         shutil.copy(path, results / path.name)
     return results
 
@@ -102,14 +111,15 @@ def test_report_leaves_matplotlib_global_state_alone(tmp_path):
 def smoke_results(smoke_test_file, tmp_path_factory):
     """A results folder: fft on smoke/test, and a copy claiming a method that is not installed."""
     folder = tmp_path_factory.mktemp("smoke-results")
-    result = run_method(load_method("fft"), smoke_test_file, folder / "smoke-v1_test_fft.json", batch_size=64)
+    result = run_method(load_method("fft"), smoke_test_file, folder / "smoke-v2_test_fft.json", batch_size=64)
     result["method"]["name"] = "not-installed"
-    (folder / "smoke-v1_test_not-installed.json").write_text(json.dumps(result))
+    (folder / "smoke-v2_test_not-installed.json").write_text(json.dumps(result))
     return folder
 
 
-def test_gallery_regenerates_the_published_first_stamps_and_names_missing_methods(smoke_results, smoke_test_file,
-                                                                                 tmp_path):
+def test_gallery_regenerates_the_published_first_stamps_and_names_missing_methods(
+    smoke_results, smoke_test_file, tmp_path
+):
     from deconvbench.report.gallery import gallery_stamps
 
     stamps, notes = gallery_stamps("smoke", "1", "test", ["fft", "not-installed"], count=3)
@@ -122,7 +132,7 @@ def test_gallery_regenerates_the_published_first_stamps_and_names_missing_method
         assert stamp["estimates"]["fft"].shape == (48, 48)
     made = build_report(smoke_results, tmp_path, gallery=True)
     page = made.path.read_text()
-    assert len(made.figures) == 3 and "smoke-v1_test_gallery.png" in [f.name for f in made.figures]
+    assert len(made.figures) == 3 and "smoke-v2_test_gallery.png" in [f.name for f in made.figures]
     assert "not-installed not shown: unknown method" in page
     assert any("not-installed" in note for note in made.notes)
 
@@ -130,13 +140,19 @@ def test_gallery_regenerates_the_published_first_stamps_and_names_missing_method
 def test_cli_report_bad_input_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     for folder, message in ((tmp_path / "empty", "no result files"), (tmp_path / "missing", "no results directory")):
-        proc = subprocess.run(CLI + ["report", "--results-dir", str(folder), "--out", str(tmp_path / "out")],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            CLI + ["report", "--results-dir", str(folder), "--out", str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.json").write_text("{not json")
-    proc = subprocess.run(CLI + ["report", "--results-dir", str(tmp_path / "bad"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        CLI + ["report", "--results-dir", str(tmp_path / "bad"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "report.html").exists()
     assert issubclass(ReportError, ValueError)
@@ -145,9 +161,12 @@ def test_cli_report_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_cli_report_on_a_partial_results_folder(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    shutil.copy(REPO / "results" / "space-v1-v1_test_wiener.json", results)
-    proc = subprocess.run(CLI + ["report", "--results-dir", str(results), "--out", str(tmp_path / "out"),
-                                 "--no-gallery"], capture_output=True, text=True)
+    shutil.copy(REPO / "results" / "space-v2-v2_test_wiener.json", results)
+    proc = subprocess.run(
+        CLI + ["report", "--results-dir", str(results), "--out", str(tmp_path / "out"), "--no-gallery"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 figures, 1 sections" in proc.stdout and (tmp_path / "out" / "report.html").exists()
 
@@ -155,10 +174,11 @@ def test_cli_report_on_a_partial_results_folder(tmp_path):
 def test_gallery_of_results_for_another_card_version_is_a_note_not_a_crash(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    data = json.loads((REPO / "results" / "space-v1-v1_test_wiener.json").read_text())
+    data = json.loads((REPO / "results" / "space-v2-v2_test_wiener.json").read_text())
     data["dataset"]["version"] = "999"
     (results / "old.json").write_text(json.dumps(data))
     made = build_report(results, tmp_path / "out", gallery=True)
-    assert made.notes == ["no gallery for space-v1 v999 — test: card space-v1 is now version 1, the results are "
-                          "for version 999"]
-    assert "no gallery for space-v1 v999" in made.path.read_text() and len(made.figures) == 2
+    assert made.notes == [
+        "no gallery for space-v2 v999 — test: card space-v2 is now version 2, the results are for version 999"
+    ]
+    assert "no gallery for space-v2 v999" in made.path.read_text() and len(made.figures) == 2

@@ -31,9 +31,12 @@ def moments(image: np.ndarray):
 def gaussian_card(size: int):
     return make_card(
         stamp={"size": size, "pixel_scale_arcsec": 0.2, "target_psf_fwhm_arcsec": 0.5, "max_offset_pixels": 0.0},
-        galaxy={"profiles": {"gaussian": 1.0}, "shape_sigma": 0.0,
-                "half_light_radius_arcsec": {"median": 0.5, "sigma": 0.0, "min": 0.1, "max": 2.0},
-                "flux": {"median": 1000.0, "sigma": 0.0, "min": 1.0, "max": 1e5}},
+        galaxy={
+            "profiles": {"gaussian": 1.0},
+            "shape_sigma": 0.0,
+            "half_light_radius_arcsec": {"median": 0.5, "sigma": 0.0, "min": 0.1, "max": 2.0},
+            "flux": {"median": 1000.0, "sigma": 0.0, "min": 1.0, "max": 1e5},
+        },
         psf={"families": {"gaussian": 1.0}, "fwhm_arcsec": {"min": 0.8, "max": 0.8}, "ellipticity_max": 0.0},
         noise={"snr_levels": [math.inf]},
     )
@@ -74,18 +77,24 @@ def _direct_galsim(row, n, scale, target_fwhm):
     if profile == "bulge+disk":
         bf = row["gal_bulge_fraction"]
         gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - bf) * flux, gsparams=gsp) + galsim.DeVaucouleurs(
-            half_light_radius=row["gal_bulge_hlr_arcsec"], flux=bf * flux, trunc=row["gal_trunc_arcsec"], gsparams=gsp)
+            half_light_radius=row["gal_bulge_hlr_arcsec"], flux=bf * flux, trunc=row["gal_trunc_arcsec"], gsparams=gsp
+        )
     else:
         kf = row["gal_knots_flux_fraction"]
         gal = galsim.Exponential(half_light_radius=hlr, flux=(1 - kf) * flux, gsparams=gsp) + galsim.RandomKnots(
-            int(row["gal_knots_n"]), half_light_radius=hlr, flux=kf * flux,
-            rng=galsim.BaseDeviate(int(row["gal_knots_seed"])), gsparams=gsp)
+            int(row["gal_knots_n"]),
+            half_light_radius=hlr,
+            flux=kf * flux,
+            rng=galsim.BaseDeviate(int(row["gal_knots_seed"])),
+            gsparams=gsp,
+        )
     gal = gal.shear(g1=row["gal_g1"], g2=row["gal_g2"]).rotate(row["rotation_deg"] * galsim.degrees)
     gal = gal.shear(g1=row["shear_g1"], g2=row["shear_g2"])
     gal = gal.shift(row["offset_x_pix"] * scale, row["offset_y_pix"] * scale)
     assert row["psf_family"].decode() == "moffat"
     psf = galsim.Moffat(beta=row["psf_beta"], fwhm=row["psf_fwhm_arcsec"], gsparams=gsp).shear(
-        g1=row["psf_g1"], g2=row["psf_g2"])
+        g1=row["psf_g1"], g2=row["psf_g2"]
+    )
     offset = (0.5, 0.5) if n % 2 == 0 else (0.0, 0.0)
     kw = dict(nx=n, ny=n, scale=scale, offset=offset)
     noiseless = galsim.Convolve(gal, psf).drawImage(**kw).array
@@ -98,14 +107,20 @@ def test_stamps_equal_direct_galsim_rendering(smoke_test_file):
     with open_dataset(smoke_test_file) as ds:
         params = ds.params()
         moffat = params["psf_family"] == b"moffat"
-        picks = [i for profile in (b"bulge+disk", b"disk+knots")
-                 for i in np.flatnonzero(moffat & (params["gal_profile"] == profile))[:2]]
+        picks = [
+            i
+            for profile in (b"bulge+disk", b"disk+knots")
+            for i in np.flatnonzero(moffat & (params["gal_profile"] == profile))[:2]
+        ]
         assert len(picks) == 4
         for i in picks:
-            noiseless, truth, psf = _direct_galsim(params[i], ds.stamp_size, ds.pixel_scale_arcsec,
-                                                   ds.target_psf_fwhm_arcsec)
+            noiseless, truth, psf = _direct_galsim(
+                params[i], ds.stamp_size, ds.pixel_scale_arcsec, ds.target_psf_fwhm_arcsec
+            )
             # the contract: max |fast − GalSim| ≤ 1e-4 of the peak (measured: ≤ 2e-5)
-            np.testing.assert_allclose(ds.read("noiseless", i, i + 1)[0], noiseless, rtol=0, atol=1e-4 * noiseless.max())
+            np.testing.assert_allclose(
+                ds.read("noiseless", i, i + 1)[0], noiseless, rtol=0, atol=1e-4 * noiseless.max()
+            )
             np.testing.assert_allclose(ds.read("truth", i, i + 1)[0], truth, rtol=0, atol=1e-4 * truth.max())
             np.testing.assert_allclose(ds.read("psf", i, i + 1)[0], psf, rtol=0, atol=1e-4 * psf.max())
 

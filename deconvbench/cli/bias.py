@@ -40,8 +40,18 @@ def bias_command(
     out = out or Path("out") / f"bias_{method}{suffix}_{card_obj.name}_{split}_n{n}.json"
     deconvolver = load_method(method)
     with progress_task(f"bias {method} {card_obj.name}/{split}", n) as advance:
-        result = run_bias(deconvolver, card_obj, split, n, out, config, chunk_groups=chunk_groups, n_boot=n_boot,
-                          progress=advance, command=command_line())
+        result = run_bias(
+            deconvolver,
+            card_obj,
+            split,
+            n,
+            out,
+            config,
+            chunk_groups=chunk_groups,
+            n_boot=n_boot,
+            progress=advance,
+            command=command_line(),
+        )
     print(bias_table(result))
     print(
         f"wall {result['throughput']['stream_seconds']:.1f} s, peak memory {result['peak_memory_mb']:.0f} MB, "

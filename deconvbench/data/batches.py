@@ -9,8 +9,8 @@ gives the same batches; each epoch covers every stamp exactly once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -53,8 +53,9 @@ def numpy_batches(
     with open_dataset(path):  # a clear DataError for a missing or foreign file, before iterating
         pass
     if shuffle:
-        stream = shuffled_batches(path, batch_size, seed, epoch, n=n, block_size=block_size,
-                                  buffer_blocks=buffer_blocks, keys=keys)
+        stream = shuffled_batches(
+            path, batch_size, seed, epoch, n=n, block_size=block_size, buffer_blocks=buffer_blocks, keys=keys
+        )
     else:
         stream = sequential_batches(path, batch_size, n=n, keys=keys)
     for batch in stream:
@@ -63,8 +64,9 @@ def numpy_batches(
         yield batch
 
 
-def jax_batches(path: str | Path, batch_size: int, seed: int = 0, epoch: int = 0, device=None,
-                **options) -> Iterator[dict]:
+def jax_batches(
+    path: str | Path, batch_size: int, seed: int = 0, epoch: int = 0, device=None, **options
+) -> Iterator[dict]:
     """:func:`numpy_batches` as ``jax.Array`` dicts on ``device`` (default: JAX's default
     device); ``params`` (a structured array) stays numpy. Float64 arrays (``noise_sigma``,
     ``snr``) become float32 unless ``jax_enable_x64`` is set. Needs extra ``[jax]``."""

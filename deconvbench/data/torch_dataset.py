@@ -4,8 +4,8 @@ the same shuffled batches as :func:`deconvbench.data.numpy_batches` (extra ``[to
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -36,9 +36,15 @@ class StampDataset(torch.utils.data.Dataset):
     ``transform`` (optional) maps the item dict to whatever the model needs, e.g. a
     random symmetry of the square applied to observed, psf and truth together."""
 
-    def __init__(self, path: str | Path, keys: Sequence[str] = TRAINING_KEYS, n: int | None = None,
-                 dtype: torch.dtype = torch.float32, transform: Callable[[dict], dict] | None = None,
-                 cache_mb: float = 64.0):
+    def __init__(
+        self,
+        path: str | Path,
+        keys: Sequence[str] = TRAINING_KEYS,
+        n: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        transform: Callable[[dict], dict] | None = None,
+        cache_mb: float = 64.0,
+    ):
         self.path = Path(path)
         self.cache_bytes = int(cache_mb * 2**20)
         self.keys = tuple(k for k in keys if k != "index")
@@ -121,8 +127,15 @@ class BlockShuffleBatchSampler(torch.utils.data.Sampler):
     Call :meth:`set_epoch` before each epoch (a new order per epoch, fixed by the seed).
     The last batch of each shuffle buffer may be smaller; ``drop_last`` drops those."""
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, block_size: int = 512, buffer_blocks: int = 8,
-                 drop_last: bool = False):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        block_size: int = 512,
+        buffer_blocks: int = 8,
+        drop_last: bool = False,
+    ):
         if n < 0 or batch_size < 1 or block_size < 1 or buffer_blocks < 1:
             from .batches import BatchError
 
@@ -135,13 +148,19 @@ class BlockShuffleBatchSampler(torch.utils.data.Sampler):
         self.epoch = int(epoch)
 
     def __iter__(self):
-        for index in shuffled_index_batches(self.n, self.batch_size, self.seed, self.epoch, self.block_size,
-                                            self.buffer_blocks):
+        for index in shuffled_index_batches(
+            self.n, self.batch_size, self.seed, self.epoch, self.block_size, self.buffer_blocks
+        ):
             if self.drop_last and len(index) < self.batch_size:
                 continue
             yield index.tolist()
 
     def __len__(self) -> int:
-        sizes = [len(idx) for _, batches in shuffled_plan(self.n, self.batch_size, self.seed, self.epoch,
-                                                          self.block_size, self.buffer_blocks) for idx in batches]
+        sizes = [
+            len(idx)
+            for _, batches in shuffled_plan(
+                self.n, self.batch_size, self.seed, self.epoch, self.block_size, self.buffer_blocks
+            )
+            for idx in batches
+        ]
         return sum(1 for size in sizes if size == self.batch_size or not self.drop_last)

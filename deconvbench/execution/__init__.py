@@ -29,8 +29,15 @@ KINDS = ("local", "dask", "inline")
 DEFAULT_RETRIES = 3
 
 __all__ = [
-    "KINDS", "Executor", "ExecutorError", "ExecutorSpec", "InlineExecutor", "LocalExecutor",
-    "Terminated", "WorkerLostError", "make_executor",
+    "KINDS",
+    "Executor",
+    "ExecutorError",
+    "ExecutorSpec",
+    "InlineExecutor",
+    "LocalExecutor",
+    "Terminated",
+    "WorkerLostError",
+    "make_executor",
 ]
 
 
@@ -46,7 +53,7 @@ class ExecutorSpec:
     blas_threads: int = 1
     retries: int = DEFAULT_RETRIES
 
-    def validate(self) -> "ExecutorSpec":
+    def validate(self) -> ExecutorSpec:
         """Return self, or raise :class:`ExecutorError` naming the bad option."""
         if self.kind not in KINDS:
             raise ExecutorError(f"--executor must be one of {', '.join(KINDS[:2])}, got {self.kind!r}")
@@ -74,5 +81,10 @@ def make_executor(spec: ExecutorSpec) -> Executor:
         return LocalExecutor(spec.workers, blas_threads=spec.blas_threads, retries=spec.retries)
     from .dask_cluster import DaskExecutor
 
-    return DaskExecutor(spec.workers, scheduler=spec.scheduler, scheduler_file=spec.scheduler_file,
-                        blas_threads=spec.blas_threads, retries=spec.retries)
+    return DaskExecutor(
+        spec.workers,
+        scheduler=spec.scheduler,
+        scheduler_file=spec.scheduler_file,
+        blas_threads=spec.blas_threads,
+        retries=spec.retries,
+    )

@@ -71,7 +71,7 @@ class Executor(ABC):
     def _shutdown(self, abort: bool) -> None:
         """Release every worker; with ``abort`` kill running tasks instead of waiting."""
 
-    def start(self) -> "Executor":
+    def start(self) -> Executor:
         if not self._started:
             self._started = True
             self._start()
@@ -82,7 +82,7 @@ class Executor(ABC):
             self._started = False
             self._shutdown(abort)
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         if threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
@@ -113,13 +113,13 @@ class Executor(ABC):
         return max_in_flight
 
     @abstractmethod
-    def imap_ordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
-                     max_in_flight: int | None = None) -> Iterator[Any]:
+    def imap_ordered(
+        self, fn: Callable[[Any], Any], tasks: Iterable[Any], max_in_flight: int | None = None
+    ) -> Iterator[Any]:
         """Yield ``fn(task)`` for every task, in task order, with at most
         ``max_in_flight`` tasks submitted but not yet yielded."""
 
-    def map_ordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
-                    max_in_flight: int | None = None) -> list:
+    def map_ordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any], max_in_flight: int | None = None) -> list:
         """``list(imap_ordered(...))``."""
         return list(self.imap_ordered(fn, tasks, max_in_flight))
 

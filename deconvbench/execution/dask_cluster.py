@@ -56,8 +56,14 @@ class DaskExecutor(Executor):
 
     kind = "dask"
 
-    def __init__(self, workers: int = 1, scheduler: str | None = None,
-                 scheduler_file: str | Path | None = None, blas_threads: int = 1, retries: int = 3):
+    def __init__(
+        self,
+        workers: int = 1,
+        scheduler: str | None = None,
+        scheduler_file: str | Path | None = None,
+        blas_threads: int = 1,
+        retries: int = 3,
+    ):
         super().__init__()
         if distributed is None:
             raise ExecutorError("--executor dask needs the extra [dask]: pip install 'deconvbench[dask]'")
@@ -83,8 +89,12 @@ class DaskExecutor(Executor):
         if self.remote:
             where = self.scheduler or f"the scheduler in {self.scheduler_file}"
             try:
-                self.client = distributed.Client(self.scheduler, scheduler_file=self.scheduler_file,
-                                                 timeout=CONNECT_TIMEOUT_SECONDS, set_as_default=False)
+                self.client = distributed.Client(
+                    self.scheduler,
+                    scheduler_file=self.scheduler_file,
+                    timeout=CONNECT_TIMEOUT_SECONDS,
+                    set_as_default=False,
+                )
             except (OSError, TimeoutError, ValueError) as exc:
                 raise ExecutorError(f"cannot connect to {where}: {exc}") from None
             threads = sum(w["nthreads"] for w in self.client.scheduler_info()["workers"].values())
@@ -92,11 +102,15 @@ class DaskExecutor(Executor):
         else:
             with dask.config.set({"distributed.scheduler.allowed-failures": self.retries}):
                 self.cluster = distributed.LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, env=thread_env(self.blas_threads),
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    env=thread_env(self.blas_threads),
                     # no dashboard; the scheduler's small HTTP server on a free local port
                     scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                    silence_logs=logging.ERROR)
+                    silence_logs=logging.ERROR,
+                )
             self.client = distributed.Client(self.cluster, set_as_default=False)
         self.client.register_plugin(ThreadLimitPlugin(self.blas_threads))
 

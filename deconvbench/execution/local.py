@@ -93,7 +93,8 @@ class LocalExecutor(Executor):
             entry.attempts += 1
             if entry.attempts > 1 + self.retries:
                 raise WorkerLostError(
-                    f"task {entry.index} lost its worker process {entry.attempts - 1} times; giving up")
+                    f"task {entry.index} lost its worker process {entry.attempts - 1} times; giving up"
+                )
             entry.future = self._pool.submit(fn, entry.task)
 
     def imap_ordered(self, fn, tasks, max_in_flight=None):

@@ -57,8 +57,7 @@ def die_with_parent(parent_pid: int) -> None:
             if os.getppid() != parent_pid:  # the parent died before prctl took effect
                 os._exit(1)
             return
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True,
-                     name="parent-watch").start()
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True, name="parent-watch").start()
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:

@@ -34,7 +34,6 @@ import math
 import numpy as np
 
 
-
 def _pair_ids(group: np.ndarray, sign: np.ndarray) -> np.ndarray:
     """Rank of each stamp among the stamps of the same group and sign (index order)."""
     n = group.size
@@ -166,9 +165,7 @@ def estimate_bias(
         values = np.concatenate(boot[k]) if boot[k] else np.array([])
         result[f"{k}_err"] = float(np.nanstd(values, ddof=1)) if values.size > 1 else math.nan
 
-    result.update(
-        n_pairs=int(keep.sum() // 2), n_groups=int(n_groups), n_excluded=n_excluded, n_invalid=n_invalid
-    )
+    result.update(n_pairs=int(keep.sum() // 2), n_groups=int(n_groups), n_excluded=n_excluded, n_invalid=n_invalid)
     if psf_e1 is not None:
         mean_psf = float(np.mean(np.asarray(psf_e1, dtype=np.float64)[keep])) if keep.any() else math.nan
         alpha, alpha_err = leakage_alpha(result["c1"], result["c1_err"], mean_psf)

@@ -18,7 +18,7 @@ object) and ``"admom"`` (adaptive moments), both from the one batched moments ro
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -33,9 +33,15 @@ WMOM_WEIGHT_FWHM_ARCSEC = 1.2
 
 def _to_estimate(res: dict, pixel_scale: float, flux) -> dict:
     ok = res["flags"] == 0
-    return {"e1": res["e1"], "e2": res["e2"], "T": np.where(ok, res["T"] * pixel_scale**2, np.nan),
-            "flux": flux, "flags": res["flags"].astype(np.int64),
-            "x": res["x"], "y": res["y"]}
+    return {
+        "e1": res["e1"],
+        "e2": res["e2"],
+        "T": np.where(ok, res["T"] * pixel_scale**2, np.nan),
+        "flux": flux,
+        "flags": res["flags"].astype(np.int64),
+        "x": res["x"],
+        "y": res["y"],
+    }
 
 
 def wmom(images, pixel_scale: float, weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC) -> dict:

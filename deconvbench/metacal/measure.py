@@ -76,7 +76,7 @@ def fixnoise_fields(noise_sigma: np.ndarray, noise_seed: np.ndarray, shape: tupl
     stream independent of the data's own noise), so stamps that share their data noise
     (the ±g stamps of one rotation) share this field too. 0 where sigma is 0."""
     fields = np.zeros(shape, dtype=np.float64)
-    for i, (sigma, seed) in enumerate(zip(noise_sigma, noise_seed)):
+    for i, (sigma, seed) in enumerate(zip(noise_sigma, noise_seed, strict=True)):
         if sigma > 0:
             fields[i] = np.random.default_rng([int(seed), 0xF1]).normal(0.0, float(sigma), size=shape[1:])
     return fields
@@ -86,7 +86,7 @@ def _rot90(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(images, k, axes=(-2, -1)))
 
 
-def fixnoise_term(method, batch, reconv: np.ndarray, config: "MetacalConfig", noise_seed: np.ndarray) -> dict:
+def fixnoise_term(method, batch, reconv: np.ndarray, config: MetacalConfig, noise_seed: np.ndarray) -> dict:
     """ngmix's fixnoise correction, added to the metacal images of the data.
 
     As in ngmix, the noise field (:func:`fixnoise_fields`) is rotated by 90° *before*
@@ -101,13 +101,21 @@ def fixnoise_term(method, batch, reconv: np.ndarray, config: "MetacalConfig", no
         images = method.metacal_images(rotated, reconv, config.step)
     else:
         estimate = np.asarray(method.deconvolve(rotated), dtype=np.float64)
-        images = metacal_images(estimate, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, reconv,
-                                step=config.step, pad_factor=config.pad_factor, workers=-1)
+        images = metacal_images(
+            estimate,
+            batch.pixel_scale_arcsec,
+            batch.target_fwhm_arcsec,
+            reconv,
+            step=config.step,
+            pad_factor=config.pad_factor,
+            workers=-1,
+        )
     return {key: _rot90(value, -1) for key, value in images.items()}
 
 
-def measure_batch(method, batch, estimate: np.ndarray | None, config: MetacalConfig,
-                  noise_seed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def measure_batch(
+    method, batch, estimate: np.ndarray | None, config: MetacalConfig, noise_seed: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Metacal measurement of one batch: per-stamp ``e1, e2`` (noshear), ``R11 … R22``
     and ``flags`` (non-zero where any of the five measurements failed; then e and R are
     NaN). ``estimate`` is the method's output on ``batch`` (ignored for methods that
@@ -117,8 +125,15 @@ def measure_batch(method, batch, estimate: np.ndarray | None, config: MetacalCon
     if hasattr(method, "metacal_images"):
         images = method.metacal_images(batch, reconv, config.step)
     else:
-        images = metacal_images(estimate, pixel, batch.target_fwhm_arcsec, reconv, step=config.step,
-                                pad_factor=config.pad_factor, workers=-1)
+        images = metacal_images(
+            estimate,
+            pixel,
+            batch.target_fwhm_arcsec,
+            reconv,
+            step=config.step,
+            pad_factor=config.pad_factor,
+            workers=-1,
+        )
     if config.fixnoise:
         if noise_seed is None:
             raise ValueError("fixnoise needs the stamps' noise seeds")
@@ -140,7 +155,10 @@ def measure_images(images: dict, pixel_scale: float, config: MetacalConfig) -> d
     out = {
         "e1": np.where(bad, np.nan, results["noshear"]["e1"]),
         "e2": np.where(bad, np.nan, results["noshear"]["e2"]),
-        "R11": r[:, 0, 0], "R12": r[:, 0, 1], "R21": r[:, 1, 0], "R22": r[:, 1, 1],
+        "R11": r[:, 0, 0],
+        "R12": r[:, 0, 1],
+        "R21": r[:, 1, 0],
+        "R22": r[:, 1, 1],
         "flags": flags,
     }
     for key in ("R11", "R12", "R21", "R22"):
@@ -149,7 +167,7 @@ def measure_images(images: dict, pixel_scale: float, config: MetacalConfig) -> d
 
 
 def requirement_verdict(stats: dict) -> str:
-    """"yes" / "no" for |m| < 1e-3 and |c| < 1e-4 (central values); "no" also where |m| or
+    """ "yes" / "no" for |m| < 1e-3 and |c| < 1e-4 (central values); "no" also where |m| or
     |c| exceeds the requirement by more than 3σ; "σ too large" where σm or σc exceeds the
     requirement otherwise, so that the test cannot tell; "–" without numbers."""
     m, c = stats.get("m"), stats.get("c")
@@ -163,8 +181,7 @@ def requirement_verdict(stats: dict) -> str:
     return "yes" if abs(m) < M_REQUIREMENT and abs(c) < C_REQUIREMENT else "no"
 
 
-def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.ndarray,
-              config: MetacalConfig) -> dict:
+def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.ndarray, config: MetacalConfig) -> dict:
     """The ``metacal`` block of a result: bias overall and per SNR level.
 
     ``ok`` marks stamps whose deconvolution succeeded (failed ones are excluded like
@@ -180,17 +197,30 @@ def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.nd
         raise ValueError("metacal needs a constant-shear dataset (a metacal card): true shear is 0 here")
     sign = np.sign(g1)
     e = np.stack([measurements["e1"], measurements["e2"]], axis=1)
-    r = np.stack([np.stack([measurements["R11"], measurements["R12"]], -1),
-                  np.stack([measurements["R21"], measurements["R22"]], -1)], axis=-2)
+    r = np.stack(
+        [
+            np.stack([measurements["R11"], measurements["R12"]], -1),
+            np.stack([measurements["R21"], measurements["R22"]], -1),
+        ],
+        axis=-2,
+    )
     valid = ok & (np.asarray(measurements["flags"]) == 0)
     psf_g1 = np.asarray(params["psf_g1"], dtype=np.float64)
     leakage = bool(np.any(psf_g1 != 0))
     levels = np.asarray(params["snr_level"], dtype=np.float64)
 
     def stats(mask: np.ndarray) -> dict:
-        res = estimate_bias(e[mask], r[mask], sign[mask], params["group"][mask], g_true,
-                            psf_e1=psf_g1[mask] if leakage else None, valid=valid[mask],
-                            n_boot=config.n_boot, rng=config.bootstrap_seed)
+        res = estimate_bias(
+            e[mask],
+            r[mask],
+            sign[mask],
+            params["group"][mask],
+            g_true,
+            psf_e1=psf_g1[mask] if leakage else None,
+            valid=valid[mask],
+            n_boot=config.n_boot,
+            rng=config.bootstrap_seed,
+        )
         res.setdefault("alpha", None)
         res.setdefault("alpha_err", None)
         res["n"] = int(mask.sum())
@@ -199,9 +229,14 @@ def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.nd
         res["requirement"] = requirement_verdict(res)
         return res
 
-    block = {**config.to_dict(), "g_true": g_true, "m_floor_estimator": 0.9 * g_true**2,
-             "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT}, "leakage_variant": leakage,
-             "overall": stats(np.ones(len(params), dtype=bool))}
+    block = {
+        **config.to_dict(),
+        "g_true": g_true,
+        "m_floor_estimator": 0.9 * g_true**2,
+        "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT},
+        "leakage_variant": leakage,
+        "overall": stats(np.ones(len(params), dtype=bool)),
+    }
     labels = snr_labels(levels)
     block["by_snr"] = {label: stats(labels == label) for label in dict.fromkeys(labels[np.argsort(levels)])}
     for key in ("m", "m_err", "c", "c_err", "c1", "c1_err", "alpha", "alpha_err", "R11", "R22", "n_pairs"):

@@ -26,7 +26,7 @@ it agrees with the batched path to ~1e-5 of the peak.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import galsim
 import numpy as np
@@ -38,9 +38,7 @@ X_INTERPOLANT = "lanczos15"
 
 def _interpolated(stamp: np.ndarray, pixel_scale: float, gsparams: galsim.GSParams | None) -> galsim.InterpolatedImage:
     image = galsim.Image(np.ascontiguousarray(stamp, dtype=np.float64), scale=pixel_scale)
-    return galsim.InterpolatedImage(
-        image, x_interpolant=X_INTERPOLANT, use_true_center=False, gsparams=gsparams
-    )
+    return galsim.InterpolatedImage(image, x_interpolant=X_INTERPOLANT, use_true_center=False, gsparams=gsparams)
 
 
 def galsim_metacal_images(

@@ -27,7 +27,8 @@ perfect estimate) is left out of the mean and median and counted in that metric'
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -48,11 +48,12 @@ def adaptive_moments(images: np.ndarray, guess_sigma=DEFAULT_GUESS_SIGMA) -> dic
     """
     im = _stack(images, "images")
     res = _adaptive_moments(im, guess_sigma_pixels=guess_sigma, max_shift=MAX_CENTROID_SHIFT)
-    return {"e1": res["e1"], "e2": res["e2"], "sigma": res["sigma"], "flags": res["flags"],
-            "failed": res["flags"] != 0}
+    return {"e1": res["e1"], "e2": res["e2"], "sigma": res["sigma"], "flags": res["flags"], "failed": res["flags"] != 0}
 
 
-def shape_errors(est: np.ndarray, truth: np.ndarray, truth_moments: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def shape_errors(
+    est: np.ndarray, truth: np.ndarray, truth_moments: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Shape and size errors of ``est`` against ``truth`` per stamp, (B,) arrays:
 
     * ``de1``, ``de2``: e_est − e_truth (distortion components);

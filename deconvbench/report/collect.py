@@ -114,8 +114,11 @@ def bias_series(section: Section, key: str) -> dict[str, list[tuple[str, float, 
         for label, stats in block.get("by_snr", {}).items():
             if stats.get(key) is not None and label not in points:
                 points[label] = (stats[key], stats.get(f"{key}_err"))
-    return {name: sorted(((lab, *v) for lab, v in points.items()), key=lambda p: snr_sort_key(p[0]))
-            for name, points in series.items() if points}
+    return {
+        name: sorted(((lab, *v) for lab, v in points.items()), key=lambda p: snr_sort_key(p[0]))
+        for name, points in series.items()
+        if points
+    }
 
 
 def alpha_points(section: Section) -> dict[str, tuple[float, float | None]]:
@@ -141,15 +144,28 @@ def speed_points(section: Section) -> list[dict]:
             overall = block.get("overall") or {}
             if block.get("leakage_variant") or overall.get("m") is None or not thr.get("metacal_gal_per_s"):
                 continue
-            points.append({"method": display_name(result), "split": result["dataset"]["split"],
-                           "speed": thr["metacal_gal_per_s"], "error": abs(overall["m"]),
-                           "error_err": overall.get("m_err")})
+            points.append(
+                {
+                    "method": display_name(result),
+                    "split": result["dataset"]["split"],
+                    "speed": thr["metacal_gal_per_s"],
+                    "error": abs(overall["m"]),
+                    "error_err": overall.get("m_err"),
+                }
+            )
         else:
             nmse = ((result.get("metrics") or {}).get("overall") or {}).get("nmse", {}).get("mean")
             if nmse is None or not thr.get("deconv_gal_per_s"):
                 continue
-            points.append({"method": display_name(result), "split": result["dataset"]["split"],
-                           "speed": thr["deconv_gal_per_s"], "error": nmse, "error_err": None})
+            points.append(
+                {
+                    "method": display_name(result),
+                    "split": result["dataset"]["split"],
+                    "speed": thr["deconv_gal_per_s"],
+                    "error": nmse,
+                    "error_err": None,
+                }
+            )
     return points
 
 
@@ -158,7 +174,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     of them strictly), in order of increasing speed."""
     front = []
     for i, (speed, error) in enumerate(points):
-        dominated = any(s >= speed and e <= error and (s > speed or e < error) for j, (s, e) in enumerate(points) if j != i)
+        dominated = any(
+            s >= speed and e <= error and (s > speed or e < error) for j, (s, e) in enumerate(points) if j != i
+        )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
@@ -171,12 +189,19 @@ def failure_rows(section: Section) -> list[dict]:
         failures = result.get("failures") or {}
         overall = (result.get("metrics") or {}).get("overall") or {}
         mcal = (result.get("metacal") or {}).get("overall") or {}
-        rows.append({
-            "method": display_name(result), "split": result["dataset"]["split"], "n": result["dataset"].get("n"),
-            "failed": failures.get("stamps_failed"), "raised": failures.get("raised"),
-            "wrong_shape": failures.get("wrong_shape"), "nonfinite": failures.get("nonfinite"),
-            "moment_failures": (overall.get("e_err") or {}).get("failures"),
-            "metacal_failed": mcal.get("n_failed_measurement"), "metacal_excluded": mcal.get("n_excluded"),
-            "first_error": failures.get("first_error"),
-        })
+        rows.append(
+            {
+                "method": display_name(result),
+                "split": result["dataset"]["split"],
+                "n": result["dataset"].get("n"),
+                "failed": failures.get("stamps_failed"),
+                "raised": failures.get("raised"),
+                "wrong_shape": failures.get("wrong_shape"),
+                "nonfinite": failures.get("nonfinite"),
+                "moment_failures": (overall.get("e_err") or {}).get("failures"),
+                "metacal_failed": mcal.get("n_failed_measurement"),
+                "metacal_excluded": mcal.get("n_excluded"),
+                "first_error": failures.get("first_error"),
+            }
+        )
     return rows

@@ -48,8 +48,10 @@ def _labels(series: dict) -> list[str]:
 def metrics_vs_snr(nmse: dict, e_err: dict, colours: dict) -> bytes:
     """Two panels: mean NMSE and mean |Δe| against SNR level, one line per method."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
-    for ax, series, ylabel, log in ((fig.add_subplot(1, 2, 1), nmse, "mean NMSE = Σ(est−truth)²/Σtruth²", True),
-                                    (fig.add_subplot(1, 2, 2), e_err, "mean |Δe| (adaptive moments, est vs truth)", True)):
+    for ax, series, ylabel, log in (
+        (fig.add_subplot(1, 2, 1), nmse, "mean NMSE = Σ(est−truth)²/Σtruth²", True),
+        (fig.add_subplot(1, 2, 2), e_err, "mean |Δe| (adaptive moments, est vs truth)", True),
+    ):
         position = _snr_axis(ax, _labels(series))
         for name, points in series.items():
             ax.plot([position[p[0]] for p in points], [p[1] for p in points], "o-", color=colours[name], label=name)
@@ -78,8 +80,15 @@ def bias_vs_snr(m: dict, c: dict, alpha: dict, colours: dict, m_floor: float | N
         position = _snr_axis(ax, _labels(series))
         for k, (name, points) in enumerate(sorted(series.items())):
             shift = (k - (width - 1) / 2) * 0.08  # side by side, so error bars do not hide each other
-            ax.errorbar([position[p[0]] + shift for p in points], [p[1] for p in points],
-                        yerr=[p[2] or 0.0 for p in points], fmt="o", capsize=3, color=colours[name], label=name)
+            ax.errorbar(
+                [position[p[0]] + shift for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] or 0.0 for p in points],
+                fmt="o",
+                capsize=3,
+                color=colours[name],
+                label=name,
+            )
         _symlog_band(ax, requirement, requirement / 10)
         if key == "m" and m_floor:
             ax.axhline(m_floor, color="grey", ls=":", lw=1, label=f"estimator floor {m_floor:.0e}")
@@ -89,8 +98,14 @@ def bias_vs_snr(m: dict, c: dict, alpha: dict, colours: dict, m_floor: float | N
     ax = fig.add_subplot(1, 3, 3)
     names = sorted(alpha)
     if names:
-        ax.errorbar(range(len(names)), [alpha[n][0] for n in names], yerr=[alpha[n][1] or 0.0 for n in names],
-                    fmt="none", ecolor="k", capsize=3)
+        ax.errorbar(
+            range(len(names)),
+            [alpha[n][0] for n in names],
+            yerr=[alpha[n][1] or 0.0 for n in names],
+            fmt="none",
+            ecolor="k",
+            capsize=3,
+        )
         ax.scatter(range(len(names)), [alpha[n][0] for n in names], c=[colours[n] for n in names], zorder=3)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_yscale("symlog", linthresh=1e-6)  # no requirement band: the suite sets none for α
@@ -109,16 +124,31 @@ def pareto(points: list[dict], fronts: list[list[int]], colours: dict, error_lab
     fig = Figure(figsize=(8.5, 4.6), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     splits = sorted({p["split"] for p in points})
-    markers = dict(zip(splits, "osD^v<>ph"))
+    markers = dict(zip(splits, "osD^v<>ph", strict=False))
     for name in sorted({p["method"] for p in points}):
         for p in (q for q in points if q["method"] == name):
             label = name if len(splits) == 1 else f"{name} ({p['split']})"
-            ax.errorbar(p["speed"], p["error"], yerr=p["error_err"] if p["error_err"] else None, fmt=markers[p["split"]],
-                        color=colours[name], ms=8, capsize=3, label=label)
+            ax.errorbar(
+                p["speed"],
+                p["error"],
+                yerr=p["error_err"] if p["error_err"] else None,
+                fmt=markers[p["split"]],
+                color=colours[name],
+                ms=8,
+                capsize=3,
+                label=label,
+            )
     for k, front in enumerate(f for f in fronts if f):
         xs, ys = [points[i]["speed"] for i in front], [points[i]["error"] for i in front]
-        ax.step(xs, ys, where="post", color="k", lw=1, ls="--",
-                label=("Pareto front" + (" (per split)" if len(splits) > 1 else "")) if k == 0 else None)
+        ax.step(
+            xs,
+            ys,
+            where="post",
+            color="k",
+            lw=1,
+            ls="--",
+            label=("Pareto front" + (" (per split)" if len(splits) > 1 else "")) if k == 0 else None,
+        )
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="k", zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -141,8 +171,11 @@ def gallery(stamps: list[dict], methods: list[str], colours: dict, residual_frac
     for row, stamp in enumerate(stamps):
         truth = stamp["truth"]
         vmin, vmax = float(truth.min()), float(truth.max())
-        panels = [("observed", stamp["observed"], "viridis", vmin, vmax), ("PSF", stamp["psf"], "magma", 0.0, None),
-                  ("truth", truth, "viridis", vmin, vmax)]
+        panels = [
+            ("observed", stamp["observed"], "viridis", vmin, vmax),
+            ("PSF", stamp["psf"], "magma", 0.0, None),
+            ("truth", truth, "viridis", vmin, vmax),
+        ]
         panels += [(name, stamp["estimates"].get(name), "viridis", vmin, vmax) for name in methods]
         for col, (title, image, cmap, lo, hi) in enumerate(panels):
             ax = fig.add_subplot(grid[2 * row, col])

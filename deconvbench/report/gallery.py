@@ -39,17 +39,23 @@ def pick_stamps(levels: list[str], count: int) -> list[int]:
     return [first[label] for label in chosen]
 
 
-def gallery_stamps(card_name: str, version: str, split: str, method_names: list[str], count: int = 3,
-                   pool: int = 12, workdir: str | Path | None = None,
-                   instances: dict | None = None) -> tuple[list[dict], dict[str, str]]:
+def gallery_stamps(
+    card_name: str,
+    version: str,
+    split: str,
+    method_names: list[str],
+    count: int = 3,
+    pool: int = 12,
+    workdir: str | Path | None = None,
+    instances: dict | None = None,
+) -> tuple[list[dict], dict[str, str]]:
     """(stamps, notes): the chosen stamps with each method's estimate, and a note per
     method that could not run (not installed, failed). ``instances`` caches loaded
     methods across calls (one load per report)."""
     instances = {} if instances is None else instances
     card = load_card(card_name)
     if str(card.version) != str(version):
-        raise DeconvbenchError(f"card {card_name} is now version {card.version}, the results are for "
-                               f"version {version}")
+        raise DeconvbenchError(f"card {card_name} is now version {card.version}, the results are for version {version}")
     n = min(pool, card.split(split).n)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / f"{card_name}_{split}_first{n}.h5"
@@ -60,9 +66,13 @@ def gallery_stamps(card_name: str, version: str, split: str, method_names: list[
             pixel_scale, target_fwhm = ds.pixel_scale_arcsec, ds.target_psf_fwhm_arcsec
     levels = [str(s) for s in snr_labels(params["snr_level"])]
     chosen = pick_stamps(levels, count)
-    batch = Batch(observed=arrays["observed"][chosen], psf=arrays["psf"][chosen],
-                  noise_sigma=arrays["noise_sigma"][chosen], pixel_scale_arcsec=pixel_scale,
-                  target_fwhm_arcsec=target_fwhm)
+    batch = Batch(
+        observed=arrays["observed"][chosen],
+        psf=arrays["psf"][chosen],
+        noise_sigma=arrays["noise_sigma"][chosen],
+        pixel_scale_arcsec=pixel_scale,
+        target_fwhm_arcsec=target_fwhm,
+    )
     estimates: dict[str, np.ndarray] = {}
     notes: dict[str, str] = {}
     for name in method_names:
@@ -83,14 +93,18 @@ def gallery_stamps(card_name: str, version: str, split: str, method_names: list[
     for row, index in enumerate(chosen):
         family, profile = _text(params, "psf_family", index), _text(params, "gal_profile", index)
         snr = levels[index]
-        stamps.append({
-            "index": int(index), "observed": arrays["observed"][index], "psf": arrays["psf"][index],
-            "truth": arrays["truth"][index],
-            "estimates": {name: est[row] for name, est in estimates.items()},
-            "label": f"stamp {index}",
-            "caption": f"{card_name}/{split} stamp {index}\nSNR {snr}, PSF {family}\ngalaxy {profile}\n"
-                       f"σ = {arrays['noise_sigma'][index]:.3g}",
-        })
+        stamps.append(
+            {
+                "index": int(index),
+                "observed": arrays["observed"][index],
+                "psf": arrays["psf"][index],
+                "truth": arrays["truth"][index],
+                "estimates": {name: est[row] for name, est in estimates.items()},
+                "label": f"stamp {index}",
+                "caption": f"{card_name}/{split} stamp {index}\nSNR {snr}, PSF {family}\ngalaxy {profile}\n"
+                f"σ = {arrays['noise_sigma'][index]:.3g}",
+            }
+        )
     return stamps, notes
 
 

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import base64
 import html
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from ..metacal.measure import C_REQUIREMENT, M_REQUIREMENT
 from ..atomic import atomic_write
+from ..metacal.measure import C_REQUIREMENT, M_REQUIREMENT
 from . import figures
-from .collect import (Section, alpha_points, bias_series, display_name, failure_rows, load_sections, metric_series,
-                      pareto_front, speed_points)
+from .collect import (
+    Section,
+    alpha_points,
+    bias_series,
+    display_name,
+    failure_rows,
+    load_sections,
+    metric_series,
+    pareto_front,
+    speed_points,
+)
 
 RESIDUAL_FRACTION = 0.25
 
@@ -58,14 +66,25 @@ def _figure_html(png: bytes, alt: str) -> str:
 
 def _table(headers: list[str], rows: list[list], text_columns: tuple[int, ...] = ()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(
-        f'<td{" class=text" if i in text_columns else ""}>{html.escape("–" if v is None else str(v))}</td>'
-        for i, v in enumerate(row)) + "</tr>\n" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=text' if i in text_columns else ''}>{html.escape('–' if v is None else str(v))}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>\n"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, gallery: bool = True, gallery_count: int = 3,
-                 log: Callable[[str], None] | None = None) -> Report:
+def build_report(
+    results_dir: str | Path,
+    out_dir: str | Path,
+    gallery: bool = True,
+    gallery_count: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> Report:
     """Write ``out_dir/report.html`` (and ``out_dir/figures/*.png``); return what was made.
 
     Raises :class:`deconvbench.report.collect.ReportError` for a missing or empty results
@@ -97,50 +116,111 @@ def build_report(results_dir: str | Path, out_dir: str | Path, gallery: bool = T
         if log:
             log(f"section {section.title}")
         body.append(f'<section id="{html.escape(section.slug)}"><h2>{html.escape(section.title)}</h2>')
-        body.append(_table(["method", "split", "result file", "command"],
-                           [[display_name(r), r["dataset"]["split"], r.get("_file"), r.get("command")]
-                            for r in section.results], text_columns=(2, 3)))
+        body.append(
+            _table(
+                ["method", "split", "result file", "command"],
+                [[display_name(r), r["dataset"]["split"], r.get("_file"), r.get("command")] for r in section.results],
+                text_columns=(2, 3),
+            )
+        )
         nmse, e_err = metric_series(section, "nmse"), metric_series(section, "e_err")
         if nmse:
             body.append("<h3>Image and shape errors against SNR</h3>")
-            body.append(figure(f"{section.slug}_metrics.png", figures.metrics_vs_snr(nmse, e_err, colours),
-                               f"mean NMSE and |Δe| against SNR, {section.title}"))
+            body.append(
+                figure(
+                    f"{section.slug}_metrics.png",
+                    figures.metrics_vs_snr(nmse, e_err, colours),
+                    f"mean NMSE and |Δe| against SNR, {section.title}",
+                )
+            )
         if section.is_metacal:
             m, c, alpha = bias_series(section, "m"), bias_series(section, "c"), alpha_points(section)
             floor = next((r["metacal"].get("m_floor_estimator") for r in section.results), None)
             body.append("<h3>Shear bias against SNR and PSF leakage</h3>")
-            body.append(figure(f"{section.slug}_bias.png", figures.bias_vs_snr(m, c, alpha, colours, floor),
-                               f"m and c against SNR and alpha, {section.title}"))
+            body.append(
+                figure(
+                    f"{section.slug}_bias.png",
+                    figures.bias_vs_snr(m, c, alpha, colours, floor),
+                    f"m and c against SNR and alpha, {section.title}",
+                )
+            )
         points = speed_points(section)
         if points:
             fronts = []
             for split in sorted({p["split"] for p in points}):  # errors of different splits are not comparable
                 members = [i for i, p in enumerate(points) if p["split"] == split]
-                fronts.append([members[j] for j in pareto_front([(points[i]["speed"], points[i]["error"])
-                                                                 for i in members])])
+                fronts.append(
+                    [members[j] for j in pareto_front([(points[i]["speed"], points[i]["error"]) for i in members])]
+                )
             error_label = "|m| (± σm)" if section.is_metacal else "mean NMSE"
-            speed_label = ("metacal galaxies/s (deconvolution + 5 metacal images + estimator)" if section.is_metacal
-                           else "deconvolution stamps/s")
+            speed_label = (
+                "metacal galaxies/s (deconvolution + 5 metacal images + estimator)"
+                if section.is_metacal
+                else "deconvolution stamps/s"
+            )
             body.append("<h3>Error against throughput</h3>")
-            body.append(figure(f"{section.slug}_pareto.png",
-                               figures.pareto(points, fronts, colours, error_label, speed_label),
-                               f"error against throughput, {section.title}"))
-            body.append('<p class="note">Pareto front (dashed, circled; one per split): no other run on the same '
-                        "split is both faster and more accurate. Throughput depends on the machine; see each result's hardware in the "
-                        "leaderboard.</p>")
+            body.append(
+                figure(
+                    f"{section.slug}_pareto.png",
+                    figures.pareto(points, fronts, colours, error_label, speed_label),
+                    f"error against throughput, {section.title}",
+                )
+            )
+            body.append(
+                '<p class="note">Pareto front (dashed, circled; one per split): no other run on the same '
+                "split is both faster and more accurate. Throughput depends on the machine; see each result's "
+                "hardware in the leaderboard.</p>"
+            )
         if gallery and not section.is_metacal:
             body.append(_gallery_html(section, gallery_count, colours, figure, report, instances))
         body.append("<h3>Failures</h3>")
-        rows = [[r["method"], r["split"], r["n"], r["failed"], r["raised"], r["wrong_shape"], r["nonfinite"],
-                 r["moment_failures"], r["metacal_failed"], r["metacal_excluded"], r["first_error"]]
-                for r in failure_rows(section)]
-        body.append(_table(["method", "split", "stamps", "failed", "raised", "wrong shape", "non-finite",
-                            "moment failures (|Δe|)", "metacal failed", "metacal excluded", "first error"], rows,
-                           text_columns=(10,)))
+        rows = [
+            [
+                r["method"],
+                r["split"],
+                r["n"],
+                r["failed"],
+                r["raised"],
+                r["wrong_shape"],
+                r["nonfinite"],
+                r["moment_failures"],
+                r["metacal_failed"],
+                r["metacal_excluded"],
+                r["first_error"],
+            ]
+            for r in failure_rows(section)
+        ]
+        body.append(
+            _table(
+                [
+                    "method",
+                    "split",
+                    "stamps",
+                    "failed",
+                    "raised",
+                    "wrong shape",
+                    "non-finite",
+                    "moment failures (|Δe|)",
+                    "metacal failed",
+                    "metacal excluded",
+                    "first error",
+                ],
+                rows,
+                text_columns=(10,),
+            )
+        )
         body.append("</section>")
-    page = "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                      "<title>deconvbench report</title>", f"<style>{STYLE}</style></head><body>", *body,
-                      "</body></html>", ""])
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            "<title>deconvbench report</title>",
+            f"<style>{STYLE}</style></head><body>",
+            *body,
+            "</body></html>",
+            "",
+        ]
+    )
     for name, png in pngs:
         target = out_dir / "figures" / name
         atomic_write(target, lambda handle, data=png: handle.write(data))
@@ -155,24 +235,36 @@ def _gallery_html(section: Section, count: int, colours: dict, figure, report: R
     methods = sorted({r["method"]["name"] for r in section.results})
     parts = ["<h3>Gallery</h3>"]
     try:
-        stamps, notes = gallery_stamps(section.card, section.version, section.split, methods, count=count,
-                                       instances=instances)
+        stamps, notes = gallery_stamps(
+            section.card, section.version, section.split, methods, count=count, instances=instances
+        )
     except Exception as exc:  # the gallery is an illustration: a problem is reported, the page still made
         message = f"no gallery for {section.title}: {exc}"
         report.notes.append(message)
         return "\n".join(parts + [f'<p class="note">{html.escape(message)}</p>'])
     shown = [name for name in methods if name not in notes]
-    parts.append(figure(f"{section.slug}_gallery.png",
-                                           figures.gallery(stamps, shown, colours, RESIDUAL_FRACTION),
-                                           f"gallery of {len(stamps)} stamps, {section.title}"))
-    parts.append(f'<p class="note">The first stamps of {html.escape(section.card)}/{html.escape(section.split)} '
-                 "at different SNR levels, regenerated from the card (identical to the published split's first "
-                 "stamps) and deconvolved by each method with its default options, now. Observed, truth and "
-                 "estimates share one linear colour scale per stamp (the truth's range); residuals "
-                 f"(estimate − truth) in units of the truth's peak, scale ±{RESIDUAL_FRACTION:g}; the PSF is on its own scale. "
-                 "Origin lower left; pixel (n//2, n//2) is the centre.</p>")
+    parts.append(
+        figure(
+            f"{section.slug}_gallery.png",
+            figures.gallery(stamps, shown, colours, RESIDUAL_FRACTION),
+            f"gallery of {len(stamps)} stamps, {section.title}",
+        )
+    )
+    parts.append(
+        f'<p class="note">The first stamps of {html.escape(section.card)}/{html.escape(section.split)} '
+        "at different SNR levels, regenerated from the card (identical to the published split's first "
+        "stamps) and deconvolved by each method with its default options, now. Observed, truth and "
+        "estimates share one linear colour scale per stamp (the truth's range); residuals "
+        f"(estimate − truth) in units of the truth's peak, scale ±{RESIDUAL_FRACTION:g}; the PSF is on its own scale. "
+        "Origin lower left; pixel (n//2, n//2) is the centre.</p>"
+    )
     if notes:
         report.notes += [f"{name}: {note}" for name, note in notes.items()]
-        parts.append('<ul class="note">' + "".join(f"<li>{html.escape(name)} not shown: {html.escape(note)}</li>"
-                                                   for name, note in sorted(notes.items())) + "</ul>")
+        parts.append(
+            '<ul class="note">'
+            + "".join(
+                f"<li>{html.escape(name)} not shown: {html.escape(note)}</li>" for name, note in sorted(notes.items())
+            )
+            + "</ul>"
+        )
     return "\n".join(parts)

@@ -18,7 +18,8 @@ Profiles (each draws its own columns from its own random stream, see
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import galsim
 import numpy as np
@@ -53,14 +54,19 @@ def _draw_devaucouleurs(rng, spec, base) -> dict:
 def _draw_bulge_disk(rng, spec, base) -> dict:
     fraction = _uniform(rng, spec.bulge_fraction)
     bulge_hlr = base["gal_hlr_arcsec"] * _uniform(rng, spec.bulge_to_disk_size)
-    return {"gal_bulge_fraction": fraction, "gal_bulge_hlr_arcsec": bulge_hlr,
-            "gal_trunc_arcsec": spec.devaucouleurs_trunc_factor * bulge_hlr}
+    return {
+        "gal_bulge_fraction": fraction,
+        "gal_bulge_hlr_arcsec": bulge_hlr,
+        "gal_trunc_arcsec": spec.devaucouleurs_trunc_factor * bulge_hlr,
+    }
 
 
 def _draw_disk_knots(rng, spec, base) -> dict:
-    return {"gal_knots_n": int(round(_uniform(rng, spec.knots_number))),
-            "gal_knots_flux_fraction": _uniform(rng, spec.knots_flux_fraction),
-            "gal_knots_seed": int(rng.integers(1, 2**31 - 1))}
+    return {
+        "gal_knots_n": int(round(_uniform(rng, spec.knots_number))),
+        "gal_knots_flux_fraction": _uniform(rng, spec.knots_flux_fraction),
+        "gal_knots_seed": int(rng.integers(1, 2**31 - 1)),
+    }
 
 
 def _exponential(row, gsp):
@@ -82,8 +88,9 @@ def truncated_devaucouleurs(hlr: float, trunc: float, flux: float, gsp: galsim.G
 
 
 def _devaucouleurs(row, gsp):
-    return truncated_devaucouleurs(float(row["gal_hlr_arcsec"]), float(row["gal_trunc_arcsec"]),
-                                   float(row["gal_flux"]), gsp)
+    return truncated_devaucouleurs(
+        float(row["gal_hlr_arcsec"]), float(row["gal_trunc_arcsec"]), float(row["gal_flux"]), gsp
+    )
 
 
 def _bulge_disk(row, gsp):
@@ -96,8 +103,13 @@ def _bulge_disk(row, gsp):
 def _disk_knots(row, gsp):
     flux, kf, hlr = float(row["gal_flux"]), float(row["gal_knots_flux_fraction"]), float(row["gal_hlr_arcsec"])
     disk = galsim.Exponential(half_light_radius=hlr, flux=(1.0 - kf) * flux, gsparams=gsp)
-    knots = galsim.RandomKnots(npoints=int(row["gal_knots_n"]), half_light_radius=hlr, flux=kf * flux,
-                               rng=galsim.BaseDeviate(int(row["gal_knots_seed"])), gsparams=gsp)
+    knots = galsim.RandomKnots(
+        npoints=int(row["gal_knots_n"]),
+        half_light_radius=hlr,
+        flux=kf * flux,
+        rng=galsim.BaseDeviate(int(row["gal_knots_seed"])),
+        gsparams=gsp,
+    )
     return galsim.Add([disk, knots], gsparams=gsp)
 
 

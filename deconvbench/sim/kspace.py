@@ -96,7 +96,7 @@ def crop_half(half: np.ndarray, size: int) -> np.ndarray:
     if big == size:
         return half
     start = big // 2 - size // 2
-    return half[..., start:start + size, : size // 2 + 1]
+    return half[..., start : start + size, : size // 2 + 1]
 
 
 def embed_half(half: np.ndarray, size: int) -> np.ndarray:
@@ -106,7 +106,7 @@ def embed_half(half: np.ndarray, size: int) -> np.ndarray:
         return half
     out = np.zeros(half.shape[:-2] + (size, size // 2 + 1), dtype=np.complex128)
     start = size // 2 - small // 2
-    out[..., start:start + small, : small // 2 + 1] = half
+    out[..., start : start + small, : small // 2 + 1] = half
     return out
 
 
@@ -135,7 +135,7 @@ def fold_to_rfft(half: np.ndarray, pad_size: int) -> np.ndarray:
     while r < size:
         target = (r - size // 2) % n
         length = min(n - target, size - r)
-        rows[..., target:target + length, :] += half[..., r:r + length, :]
+        rows[..., target : target + length, :] += half[..., r : r + length, :]
         r += length
     out = np.zeros(half.shape[:-2] + (n, n // 2 + 1), dtype=np.complex128)
     flip = (n - np.arange(n)) % n  # FFT row of −ky
@@ -146,8 +146,8 @@ def fold_to_rfft(half: np.ndarray, pad_size: int) -> np.ndarray:
             out[..., : hi - lo] += rows[..., lo:hi]
         if a >= 1:  # kx = −(aN − c) ≥ −S/2, read at +(aN − c) and −ky
             cmin = max(0, a * n - size // 2)
-            block = rows[..., a * n - n // 2: a * n - cmin + 1][..., flip, ::-1]
-            out[..., cmin: n // 2 + 1] += np.conj(block)
+            block = rows[..., a * n - n // 2 : a * n - cmin + 1][..., flip, ::-1]
+            out[..., cmin : n // 2 + 1] += np.conj(block)
         a += 1
     return out
 

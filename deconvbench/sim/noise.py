@@ -21,10 +21,6 @@ def sigma_for_snr(noiseless: np.ndarray, snr: float) -> float:
     return float(np.sqrt(np.sum(noiseless.astype(np.float64) ** 2)) / snr)
 
 
-def matched_filter_snr(noiseless: np.ndarray, sigma: float) -> float:
-    return math.inf if sigma == 0 else float(np.sqrt(np.sum(noiseless.astype(np.float64) ** 2)) / sigma)
-
-
 def noise_field(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """Unit-variance white Gaussian field from its own seed (shared by ±g pairs)."""
     return np.random.default_rng(np.random.SeedSequence(int(seed))).standard_normal(shape)

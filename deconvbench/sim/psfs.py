@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import galsim
-import galsim.des  # noqa: F401  (PSFEx reader; not imported by `import galsim`)
+import galsim.des
 import numpy as np
 
 from ..cards import psf_models_dir
@@ -37,7 +38,8 @@ BETA = Param("psf_beta", "f8", "", "Moffat index beta")
 LOD = Param("psf_lam_over_diam_arcsec", "f8", "arcsec", "lambda/D of the optical (Airy) PSF")
 OBSCURATION = Param("psf_obscuration", "f8", "", "linear central obscuration of the aperture (fraction of D)")
 ABERRATION_PARAMS = tuple(
-    Param(f"psf_{name}", "f8", "waves", f"Zernike coefficient {name} (Noll index {_NOLL[name]})") for name in ABERRATIONS
+    Param(f"psf_{name}", "f8", "waves", f"Zernike coefficient {name} (Noll index {_NOLL[name]})")
+    for name in ABERRATIONS
 )
 PSFEX = (
     Param("psfex_model", "S64", "", "PSFEx model file, relative to datasets/psf-models/"),
@@ -48,7 +50,7 @@ PSFEX = (
 
 
 @functools.lru_cache(maxsize=32)
-def _psfex_model(name: str, pixel_scale_arcsec: float) -> "galsim.des.DES_PSFEx":
+def _psfex_model(name: str, pixel_scale_arcsec: float) -> galsim.des.DES_PSFEx:
     path = Path(name)
     if not path.is_absolute():
         path = psf_models_dir() / name
@@ -64,12 +66,14 @@ def _draw_moffat(rng, spec, base) -> dict:
 
 
 def _draw_optical(rng, spec, base) -> dict:
-    values = {"psf_lam_over_diam_arcsec": _uniform(rng, spec.lam_over_diam_arcsec),
-              "psf_obscuration": _uniform(rng, spec.obscuration)}
+    values = {
+        "psf_lam_over_diam_arcsec": _uniform(rng, spec.lam_over_diam_arcsec),
+        "psf_obscuration": _uniform(rng, spec.obscuration),
+    }
     rms = _uniform(rng, spec.aberration_rms_waves)
     aberrations = rng.normal(0.0, 1.0, size=len(ABERRATIONS))
     aberrations *= rms / max(math.sqrt(np.mean(aberrations**2)), 1e-12)
-    values.update({f"psf_{name}": float(v) for name, v in zip(ABERRATIONS, aberrations)})
+    values.update({f"psf_{name}": float(v) for name, v in zip(ABERRATIONS, aberrations, strict=True)})
     return values
 
 
@@ -78,17 +82,23 @@ def _draw_ground(rng, spec, base) -> dict:
 
 
 def _draw_psfex(rng, spec, base) -> dict:
-    return {"psfex_model": spec.psfex_models[int(rng.integers(len(spec.psfex_models)))],
-            "psfex_x": float(rng.uniform(0.0, spec.psfex_field_pixels[0])),
-            "psfex_y": float(rng.uniform(0.0, spec.psfex_field_pixels[1])),
-            "psfex_pixel_scale_arcsec": spec.psfex_pixel_scale_arcsec}
+    return {
+        "psfex_model": spec.psfex_models[int(rng.integers(len(spec.psfex_models)))],
+        "psfex_x": float(rng.uniform(0.0, spec.psfex_field_pixels[0])),
+        "psfex_y": float(rng.uniform(0.0, spec.psfex_field_pixels[1])),
+        "psfex_pixel_scale_arcsec": spec.psfex_pixel_scale_arcsec,
+    }
 
 
 def _optical(row: Mapping[str, Any], gsparams: galsim.GSParams) -> galsim.GSObject:
     # Zernike coefficients in waves, Noll ordering starting at index 4 (defocus).
     aberrations = [0.0] * 4 + [float(row[f"psf_{name}"]) for name in ABERRATIONS]
-    return galsim.OpticalPSF(lam_over_diam=float(row["psf_lam_over_diam_arcsec"]),
-                             obscuration=float(row["psf_obscuration"]), aberrations=aberrations, gsparams=gsparams)
+    return galsim.OpticalPSF(
+        lam_over_diam=float(row["psf_lam_over_diam_arcsec"]),
+        obscuration=float(row["psf_obscuration"]),
+        aberrations=aberrations,
+        gsparams=gsparams,
+    )
 
 
 def _gaussian(row, gsp):

@@ -32,16 +32,19 @@ def centre_offset(stamp_size: int) -> tuple[float, float]:
 
 def reference_gsparams(pad_size: int) -> galsim.GSParams:
     """Drawing settings of the reference: FFT grids of at least 4× the fast padded grid."""
-    return galsim.GSParams(minimum_fft_size=REFERENCE_FFT_FACTOR * pad_size,
-                           maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5)
+    return galsim.GSParams(
+        minimum_fft_size=REFERENCE_FFT_FACTOR * pad_size, maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5
+    )
 
 
-def draw_reference(profile: galsim.GSObject, stamp_size: int, pixel_scale: float, method: str,
-                   draw_gsparams: galsim.GSParams) -> np.ndarray:
+def draw_reference(
+    profile: galsim.GSObject, stamp_size: int, pixel_scale: float, method: str, draw_gsparams: galsim.GSParams
+) -> np.ndarray:
     """``profile`` drawn by GalSim ``drawImage`` (its FFT settings from ``draw_gsparams``)."""
     wrapped = galsim.Transform(profile, gsparams=draw_gsparams, propagate_gsparams=False)
-    image = wrapped.drawImage(nx=stamp_size, ny=stamp_size, scale=pixel_scale, method=method,
-                              offset=centre_offset(stamp_size))
+    image = wrapped.drawImage(
+        nx=stamp_size, ny=stamp_size, scale=pixel_scale, method=method, offset=centre_offset(stamp_size)
+    )
     return image.array.astype(np.float64)
 
 

@@ -22,8 +22,9 @@ Stability rules (what keeps published checksums fixed when the catalogue grows):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,9 @@ COMMON_COLUMNS: tuple[Param, ...] = (
     Param("index", "i8", "", "stamp index in the split (0-based)"),
     Param("group", "i8", "", "galaxy index; a metacal galaxy has 4 stamps (slots)"),
     Param("slot", "i1", "", "stamp within its galaxy: metacal (+g,0°), (-g,0°), (+g,90°), (-g,90°); else 0"),
-    Param("psf_index", "i8", "", "PSF index: galaxies psf_index·G … psf_index·G+G-1 share one PSF (G = galaxies_per_psf)"),
+    Param(
+        "psf_index", "i8", "", "PSF index: galaxies psf_index·G … psf_index·G+G-1 share one PSF (G = galaxies_per_psf)"
+    ),
     Param("snr_level", "f8", "", "requested matched-filter SNR (inf = noiseless)"),
     Param("snr", "f8", "", "matched-filter SNR of the stored stamp: sqrt(Σ noiseless²)/noise_sigma"),
     Param("noise_sigma", "f8", "counts", "standard deviation of the Gaussian noise per pixel"),
@@ -174,8 +177,13 @@ def params_schema() -> dict:
         "every file; the others only when the card uses one of the listed profiles/families "
         "(zero in rows of other profiles/families).",
         "columns": [
-            {"name": p.name, "dtype": np.dtype(p.dtype).str, "unit": p.unit, "description": p.description,
-             "used_by": owners.get(p.name, ["common"])}
+            {
+                "name": p.name,
+                "dtype": np.dtype(p.dtype).str,
+                "unit": p.unit,
+                "description": p.description,
+                "used_by": owners.get(p.name, ["common"]),
+            }
             for p in all_params()
         ],
     }

@@ -33,10 +33,9 @@ from ..cards import DatasetCard
 from ..errors import DeconvbenchError
 from . import kspace
 from .galaxies import galaxy_jacobian, galaxy_parts
-from .reference import MAX_FFT_SIZE
 from .noise import noise_field, poisson_noise, sigma_for_snr
 from .psfs import build_psf, includes_pixel
-from .reference import draw_reference, reference_gsparams
+from .reference import MAX_FFT_SIZE, draw_reference, reference_gsparams
 
 MAX_FOLD = 4  # kernels are drawn out to 4× the pixel Nyquist frequency
 KERNEL_THRESHOLD = 1e-5  # k-modes where |PSF ⊗ pixel| < 1e-5 of its flux are dropped
@@ -83,7 +82,8 @@ class Kernel:
         else:
             raise DeconvbenchError(
                 f"a PSF reaches beyond {MAX_FOLD}× the pixel Nyquist frequency in k-space (no FFT grid of "
-                "this card's stamp samples it); check the card's PSF ranges and pixel scale")
+                "this card's stamp samples it); check the card's PSF ranges and pixel scale"
+            )
         self.half = self._masked(kspace.crop_half(half, self.support).copy(), grid.dk, profile.maxk)
         self.size = grid.pad_size * -(-self.support // grid.pad_size)
         self.pad_size, self.stamp_size = grid.pad_size, grid.stamp_size
@@ -97,11 +97,18 @@ class Kernel:
         if with_pixel:
             fine_half = fine_half * kspace.pixel_half_kimage(fine, grid.dk / 4, grid.pixel_scale)
         fine_half = self._masked(fine_half, grid.dk / 4, profile.maxk)
-        unwrapped = kspace.to_stamps(kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size)
+        unwrapped = kspace.to_stamps(
+            kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size
+        )
         self.wrap = self._stamps(self.half[None])[0] - unwrapped
         # The PSF stamp itself is GalSim's drawImage of the PSF (⊗ pixel).
-        self.image = draw_reference(profile, grid.stamp_size, grid.pixel_scale,
-                                    "auto" if with_pixel else "no_pixel", reference_gsparams(grid.pad_size))
+        self.image = draw_reference(
+            profile,
+            grid.stamp_size,
+            grid.pixel_scale,
+            "auto" if with_pixel else "no_pixel",
+            reference_gsparams(grid.pad_size),
+        )
 
     @staticmethod
     def _masked(half: np.ndarray, dk: float, maxk: float) -> np.ndarray:
@@ -145,7 +152,9 @@ def pad_sizes(rows: np.ndarray, grid: kspace.KGrid) -> np.ndarray:
         if size > MAX_PAD_SIZE:
             raise DeconvbenchError(
                 f"group {int(row['group'])}: a galaxy of major-axis half-light radius {major:.0f} px needs a padded "
-                f"FFT grid of {size} px > {MAX_PAD_SIZE}; check the card's size range against stamp size and pixel scale")
+                f"FFT grid of {size} px > {MAX_PAD_SIZE}; check the card's size range against stamp size and "
+                "pixel scale"
+            )
         sizes[i] = size
     return sizes
 
@@ -181,7 +190,7 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
         size = max(psf.support, target.support)
         index = np.flatnonzero(sizes == pad)
         for start in range(0, len(index), BATCH):
-            sel = index[start:start + BATCH]
+            sel = index[start : start + BATCH]
             gal = galaxy_half_kimages(rows[sel], sub_grid, size, gsp)
             out["noiseless"][sel] = psf.stamps(gal)
             out["truth"][sel] = target.stamps(gal)
@@ -218,7 +227,7 @@ def render_group(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarray]:
     n = card.stamp.size
     out = {key: np.empty((len(rows), n, n), dtype=np.float32) for key in ("observed", "noiseless", "truth", "psf")}
     bounds = np.flatnonzero(np.diff(rows["psf_index"])) + 1
-    for sl in (slice(a, b) for a, b in zip([0, *bounds], [*bounds, len(rows)])):
+    for sl in (slice(a, b) for a, b in zip([0, *bounds], [*bounds, len(rows)], strict=True)):
         images = render_noiseless(card, rows[sl], grid)
         out["observed"][sl] = add_noise(card, rows[sl], images["noiseless"])
         for key in ("noiseless", "truth", "psf"):

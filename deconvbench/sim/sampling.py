@@ -81,8 +81,11 @@ def draw_psf(card: DatasetCard, split: str, psf_index: int) -> dict:
     spec = card.split(split)
     levels = card.snr_levels(split)
     psf = card.psf
-    family = _choose(lambda: substream(spec.seed, "assign-family", psf_index), psf.families,
-                     psf_index // _family_block(card, len(levels)))
+    family = _choose(
+        lambda: substream(spec.seed, "assign-family", psf_index),
+        psf.families,
+        psf_index // _family_block(card, len(levels)),
+    )
     if spec.psf_shear is not None:
         g1, g2 = spec.psf_shear
     else:
@@ -102,8 +105,12 @@ def draw_galaxy(card: DatasetCard, split: str, galaxy: int) -> dict:
     gal = card.galaxy
     profile = _draw_choice(substream(spec.seed, "assign-profile", galaxy), gal.profiles)
     rng = substream(spec.seed, "galaxy", galaxy)
-    values = {"gal_profile": profile, "gal_hlr_arcsec": _lognormal(rng, gal.half_light_radius_arcsec),
-              "gal_flux": _lognormal(rng, gal.flux), "snr_level": levels[galaxy % len(levels)]}
+    values = {
+        "gal_profile": profile,
+        "gal_hlr_arcsec": _lognormal(rng, gal.half_light_radius_arcsec),
+        "gal_flux": _lognormal(rng, gal.flux),
+        "snr_level": levels[galaxy % len(levels)],
+    }
     values["gal_g1"], values["gal_g2"] = _shape(substream(spec.seed, "shape", galaxy), gal.shape_sigma, gal.shape_max)
     max_off = card.stamp.max_offset_pixels
     offset = substream(spec.seed, "offset", galaxy).uniform(-max_off, max_off, size=2) if max_off > 0 else (0.0, 0.0)

@@ -46,7 +46,9 @@ class ValidationRow:
     flux_ratio_max: float
 
     def passes(self, tolerance: float) -> bool:
-        return self.max_rel <= tolerance and max(abs(self.flux_ratio_min - 1), abs(self.flux_ratio_max - 1)) <= tolerance
+        return (
+            self.max_rel <= tolerance and max(abs(self.flux_ratio_min - 1), abs(self.flux_ratio_max - 1)) <= tolerance
+        )
 
 
 def stamp_errors(fast: np.ndarray, reference: np.ndarray) -> StampErrors:
@@ -69,7 +71,7 @@ def compare(card: DatasetCard, split: str, n: int) -> tuple[np.ndarray, dict[str
     ref = {key: [] for key in IMAGES}
     bounds = np.flatnonzero(np.diff(rows["psf_index"])) + 1
     with threadpool_limits(1):
-        for a, b in zip([0, *bounds], [*bounds, len(rows)]):
+        for a, b in zip([0, *bounds], [*bounds, len(rows)], strict=True):
             f = render_noiseless(card, rows[a:b], grid)
             r = reference_stamps(card, rows[a:b])
             for key in IMAGES:
@@ -87,10 +89,18 @@ def summarise(rows: np.ndarray, errors: dict[str, StampErrors]) -> list[Validati
             mask = rows[column] == name
             for key in IMAGES:
                 e = errors[key]
-                table.append(ValidationRow(
-                    column, name.decode(), key, int(mask.sum()), float(e.max_rel[mask].max()),
-                    float(np.sqrt(np.mean(e.max_rel[mask] ** 2))), float(e.flux_ratio[mask].min()),
-                    float(e.flux_ratio[mask].max())))
+                table.append(
+                    ValidationRow(
+                        column,
+                        name.decode(),
+                        key,
+                        int(mask.sum()),
+                        float(e.max_rel[mask].max()),
+                        float(np.sqrt(np.mean(e.max_rel[mask] ** 2))),
+                        float(e.flux_ratio[mask].min()),
+                        float(e.flux_ratio[mask].max()),
+                    )
+                )
     return table
 
 
