@@ -119,57 +119,60 @@ def _finish(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol: float = 1e-9,
-                     max_shift: float = 4.0, recentre: bool = True) -> dict[str, np.ndarray]:
-    """Round-Gaussian-weighted moments ("wmom") with the weight centred on the object.
+def newton_recentre_step(f, sx, sy, sxx, syy, sxy, sig2: float, xp=np):
+    """The wmom centring step from the six weighted sums about the current centre ``c``
+    (``Σ w I (1, dx, dy, dx², dy², dx·dy)``, pixels): Newton's step for a Gaussian image,
+    ``(1 − M/σ²)⁻¹ m₁`` (``m₁`` the weighted mean offset, ``M`` the weighted covariance),
+    a plain ``m₁`` step where that matrix is ill-conditioned; each component clipped to
+    ±1 pixel, NaN → 0. Pure and elementwise: ``xp`` is numpy or jax.numpy.
+    Returns ``(step_x, step_y)``."""
+    mx, my = sx / f, sy / f
+    mxx, myy, mxy = sxx / f - mx * mx, syy / f - my * my, sxy / f - mx * my
+    jxx, jyy, jxy = 1.0 - mxx / sig2, 1.0 - myy / sig2, -mxy / sig2
+    det = jxx * jyy - jxy * jxy
+    newton = (det > 0.05) & (jxx > 0) & xp.isfinite(det)
+    safe = xp.where(newton, det, 1.0)
+    step_x = xp.where(newton, (jyy * mx - jxy * my) / safe, mx)
+    step_y = xp.where(newton, (jxx * my - jxy * mx) / safe, my)
+    return xp.clip(xp.nan_to_num(step_x), -1.0, 1.0), xp.clip(xp.nan_to_num(step_y), -1.0, 1.0)
 
-    ``weight_sigma_pixels``: σ of the round weight ``w = exp(−|d|²/2σ²)`` (peak 1),
-    pixels. With ``recentre`` (default) the centre ``c`` is iterated until the weighted
-    first moment vanishes (Newton step for a Gaussian image,
-    ``c ← c + (1 − M/σ²)⁻¹ m₁``, ``m₁`` the weighted mean offset and ``M`` the weighted
-    covariance; a plain ``c ← c + m₁`` step where that matrix is ill-conditioned), until
-    every component moves less than ``tol`` pixels; otherwise the weight stays on pixel
-    (n//2, n//2).
 
-    Returns dict of (B,) arrays: ``x, y`` (weight centre, pixels), ``Ixx, Iyy, Ixy``
-    (``Σ w I dx²/F`` … about the centre, pixels²), ``T``, ``e1``, ``e2``, ``sigma``
-    (``det^{1/4}``, pixels), ``flux`` (``F = Σ w I``, image units), ``flags``, ``n_iter``.
-    """
-    images = as_stamps(images, dtype=np.float64 if np.asarray(images).dtype != np.float32 else np.float32)
-    b, ny, nx = images.shape
+def recentred_round_weight(sums_fn, finite: np.ndarray, x0: float, y0: float, weight_sigma_pixels: float,
+                           max_iter: int = 30, tol: float = 1e-9, max_shift: float = 4.0,
+                           recentre: bool = True, start=None) -> dict[str, np.ndarray]:
+    """The wmom iteration, for any way of computing the weighted sums.
+
+    ``sums_fn(active, cx, cy)`` returns the six sums ``Σ w I (1, dx, dy, dx², dy², dx·dy)``
+    (``d = x − c``, pixels; ``w`` the round Gaussian of σ = ``weight_sigma_pixels``,
+    peak 1) of the stamps ``active`` (indices) for weight centres ``(cx, cy)`` (pixels,
+    same coordinates as ``x0, y0``). :func:`weighted_moments` sums over pixels;
+    :mod:`deconvbench.metacal.fourier_wmom` sums in Fourier space. ``finite`` (B,) marks
+    usable stamps. Centres start at ``(x0, y0)``; stamps still iterating are carried in an
+    active set; ``start`` (``(cx, cy)`` arrays (B,)) starts them elsewhere (a nearby
+    guess: fewer iterations, the same fixed point; ``max_shift`` still counts from
+    ``(x0, y0)``). Returns the dict of :func:`weighted_moments`."""
+    b = len(finite)
     out = _result(b)
-    sigma = float(weight_sigma_pixels)
-    sig2 = sigma * sigma
-    x0, y0 = float(nx // 2), float(ny // 2)
-    cx, cy = np.full(b, x0), np.full(b, y0)
-    finite = np.isfinite(images).all(axis=(1, 2))
+    sig2 = float(weight_sigma_pixels) ** 2
+    cx, cy = np.full(b, float(x0)), np.full(b, float(y0))
+    if start is not None:
+        cx[:], cy[:] = np.nan_to_num(start[0], nan=x0), np.nan_to_num(start[1], nan=y0)
     out["flags"][~finite] |= FLAG_NONFINITE
     active = np.flatnonzero(finite)
     sums = [np.full(b, np.nan) for _ in range(6)]
     for it in range(1, (max_iter if recentre else 1) + 1):
         if active.size == 0:
             break
-        s = _round_weight_sums(images[active], cx[active], cy[active], sigma)
-        for target, value in zip(sums, s):
+        s = sums_fn(active, cx[active], cy[active])
+        for target, value in zip(sums, s, strict=True):
             target[active] = value
-        f, sx, sy, sxx, syy, sxy = s
         out["n_iter"][active] = it
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mx, my = sx / f, sy / f
-            mxx, myy, mxy = sxx / f - mx * mx, syy / f - my * my, sxy / f - mx * my
-        bad_flux = ~(f > 0)
+        bad_flux = ~(s[0] > 0)
         out["flags"][active[bad_flux]] |= FLAG_NONPOSITIVE_FLUX
         if not recentre:
             break
-        # Newton step: J = 1 − M/σ², step = J⁻¹ m₁ (exact for a Gaussian image)
-        jxx, jyy, jxy = 1.0 - mxx / sig2, 1.0 - myy / sig2, -mxy / sig2
-        det = jxx * jyy - jxy * jxy
         with np.errstate(invalid="ignore", divide="ignore"):
-            newton = (det > 0.05) & (jxx > 0) & np.isfinite(det)
-            step_x = np.where(newton, (jyy * mx - jxy * my) / det, mx)
-            step_y = np.where(newton, (jxx * my - jxy * mx) / det, my)
-        step_x = np.clip(np.nan_to_num(step_x), -1.0, 1.0)
-        step_y = np.clip(np.nan_to_num(step_y), -1.0, 1.0)
+            step_x, step_y = newton_recentre_step(*s, sig2)
         done = (np.abs(step_x) < tol) & (np.abs(step_y) < tol)
         cx[active] += np.where(done, 0.0, step_x)
         cy[active] += np.where(done, 0.0, step_y)
@@ -178,15 +181,37 @@ def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol
         active = active[~(done | bad_flux | far)]
     if recentre and active.size:
         out["flags"][active] |= FLAG_NOT_CONVERGED
-    f, sx, sy, sxx, syy, sxy = sums
+    f, _, _, sxx, syy, sxy = sums
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx, my = sx / f, sy / f
         # moments about the weight centre (not the weighted centroid): the definition of
         # wmom; at convergence m₁ = 0 and the two coincide
         out["Ixx"], out["Iyy"], out["Ixy"] = sxx / f, syy / f, sxy / f
     out["x"], out["y"], out["flux"] = cx, cy, f
-    del mx, my
     return _finish(out)
+
+
+def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol: float = 1e-9,
+                     max_shift: float = 4.0, recentre: bool = True) -> dict[str, np.ndarray]:
+    """Round-Gaussian-weighted moments ("wmom") with the weight centred on the object.
+
+    ``weight_sigma_pixels``: σ of the round weight ``w = exp(−|d|²/2σ²)`` (peak 1),
+    pixels. With ``recentre`` (default) the centre ``c`` is iterated until the weighted
+    first moment vanishes (:func:`newton_recentre_step`), until every component moves
+    less than ``tol`` pixels; otherwise the weight stays on pixel (n//2, n//2).
+
+    Returns dict of (B,) arrays: ``x, y`` (weight centre, pixels), ``Ixx, Iyy, Ixy``
+    (``Σ w I dx²/F`` … about the centre, pixels²), ``T``, ``e1``, ``e2``, ``sigma``
+    (``det^{1/4}``, pixels), ``flux`` (``F = Σ w I``, image units), ``flags``, ``n_iter``.
+    """
+    images = as_stamps(images, dtype=np.float64 if np.asarray(images).dtype != np.float32 else np.float32)
+    _, ny, nx = images.shape
+    sigma = float(weight_sigma_pixels)
+
+    def sums_fn(active, cx, cy):
+        return _round_weight_sums(images[active], cx, cy, sigma)
+
+    return recentred_round_weight(sums_fn, np.isfinite(images).all(axis=(1, 2)), float(nx // 2), float(ny // 2),
+                                  sigma, max_iter=max_iter, tol=tol, max_shift=max_shift, recentre=recentre)
 
 
 def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: float = 1e-10,

@@ -34,7 +34,6 @@ import math
 import numpy as np
 
 
-
 def _pair_ids(group: np.ndarray, sign: np.ndarray) -> np.ndarray:
     """Rank of each stamp among the stamps of the same group and sign (index order)."""
     n = group.size

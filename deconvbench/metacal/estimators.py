@@ -18,7 +18,7 @@ object) and ``"admom"`` (adaptive moments), both from the one batched moments ro
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

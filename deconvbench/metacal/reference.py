@@ -26,7 +26,7 @@ it agrees with the batched path to ~1e-5 of the peak.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import galsim
 import numpy as np

@@ -72,14 +72,13 @@ target may differ per stamp.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import scipy.fft as sfft
 
 from .. import fourier as F
-from ..fourier import FWHM_PER_SIGMA, k_grid, per_stamp, pixel_ft
-from ..fourier import _transform_k
+from ..fourier import FWHM_PER_SIGMA, _transform_k, k_grid, per_stamp, pixel_ft
 
 METACAL_TYPES = ("noshear", "1p", "1m", "2p", "2m")
 
