@@ -80,18 +80,21 @@ def _round_weight_sums(images: np.ndarray, cx: np.ndarray, cy: np.ndarray, sigma
 
 def _elliptical_weight_sums(images: np.ndarray, cx, cy, cxx, cyy, cxy):
     """Same sums as :func:`_round_weight_sums` for elliptical weights
-    ``w = exp(−½ dᵀC⁻¹d)``, ``C = [[cxx, cxy], [cxy, cyy]]`` (pixels²)."""
+    ``w = exp(−½ dᵀC⁻¹d)``, ``C = [[cxx, cxy], [cxy, cyy]]`` (pixels²). The weight is
+    built from its separable factors and one cross term; the sums are two batched matrix
+    products against ``(1, d, d²)`` along each axis."""
     ny, nx = images.shape[-2:]
     det = cxx * cyy - cxy**2
     ixx, iyy, ixy = cyy / det, cxx / det, -cxy / det
-    dx = np.arange(nx, dtype=np.float64)[None, None, :] - cx[:, None, None]
-    dy = np.arange(ny, dtype=np.float64)[None, :, None] - cy[:, None, None]
-    quad = ixx[:, None, None] * dx * dx + 2.0 * ixy[:, None, None] * dx * dy + iyy[:, None, None] * dy * dy
-    wimg = images * np.exp(-0.5 * quad)
-    wx_ = wimg * dx
-    wy_ = wimg * dy
-    return (wimg.sum(axis=(1, 2)), wx_.sum(axis=(1, 2)), wy_.sum(axis=(1, 2)),
-            (wx_ * dx).sum(axis=(1, 2)), (wy_ * dy).sum(axis=(1, 2)), (wx_ * dy).sum(axis=(1, 2)))
+    dx = np.arange(nx, dtype=np.float64)[None, :] - cx[:, None]  # (B, nx)
+    dy = np.arange(ny, dtype=np.float64)[None, :] - cy[:, None]  # (B, ny)
+    cross = np.exp(-ixy[:, None, None] * dy[:, :, None] * dx[:, None, :])
+    wimg = images * cross * np.exp(-0.5 * ixx[:, None] * dx * dx)[:, None, :]
+    wimg *= np.exp(-0.5 * iyy[:, None] * dy * dy)[:, :, None]
+    x_basis = np.stack([np.ones_like(dx), dx, dx * dx], axis=-1)  # (B, nx, 3)
+    y_basis = np.stack([np.ones_like(dy), dy, dy * dy], axis=1)  # (B, 3, ny)
+    s = np.matmul(y_basis, np.matmul(wimg, x_basis))  # (B, 3 [dy power], 3 [dx power])
+    return s[:, 0, 0], s[:, 0, 1], s[:, 1, 0], s[:, 0, 2], s[:, 2, 0], s[:, 1, 1]
 
 
 def _result(b: int) -> dict[str, np.ndarray]:
@@ -215,7 +218,8 @@ def weighted_moments(images, weight_sigma_pixels: float, max_iter: int = 30, tol
 
 
 def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: float = 1e-10,
-                     max_shift: float | None = None, crop: int | None = None) -> dict[str, np.ndarray]:
+                     max_shift: float | None = None, crop: int | None = None,
+                     accelerate: bool = False) -> dict[str, np.ndarray]:
     """Adaptive moments ("admom", see module docstring), batched.
 
     ``guess_sigma_pixels``: initial round weight σ, scalar or (B,) (default n/8).
@@ -223,6 +227,10 @@ def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: 
     ``max_shift`` (pixels, default n/4): a centroid that wanders further is flagged.
     ``crop``: fit only the central ``crop × crop`` pixels around (n//2, n//2) (faster for
     compact objects such as PSFs; positions are still returned in full-stamp pixels).
+    ``accelerate``: once a stamp's change is below 1e-2, step ``x ← x + 2(F(x) − x)``
+    instead of ``x ← F(x)`` (F the fixed-point map, whose slope is ½ for a Gaussian image:
+    Newton's step there); the same fixed point and stopping rule in about half the
+    iterations.
 
     Returns dict of (B,) arrays: ``x, y`` (centroid μ, pixels), ``Ixx, Iyy, Ixy`` (the
     fitted Gaussian's covariance C, pixels²), ``T = Ixx + Iyy``, ``e1``, ``e2``,
@@ -250,6 +258,7 @@ def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: 
     out["flags"][~finite] |= FLAG_NONFINITE
     active = np.flatnonzero(finite)
     converged = np.zeros(b, dtype=bool)
+    last_change = np.full(b, np.inf)
     for it in range(1, max_iter + 1):
         if active.size == 0:
             break
@@ -265,8 +274,13 @@ def adaptive_moments(images, guess_sigma_pixels=None, max_iter: int = 200, tol: 
                 [np.abs(new[0] - mx[active]) / np.sqrt(scale), np.abs(new[1] - my[active]) / np.sqrt(scale),
                  np.abs(new[2] - c_xx) / scale, np.abs(new[3] - c_yy) / scale, np.abs(new[4] - c_xy) / scale])
         amp[active] = 2.0 * f
-        mx[active], my[active], cxx[active], cyy[active], cxy[active] = new
         done = change < tol
+        if accelerate:
+            near = (last_change[active] < 1e-2) & ~done
+            last_change[active] = change
+            old = (mx[active], my[active], c_xx, c_yy, c_xy)
+            new = tuple(np.where(near, 2.0 * v - o, v) for v, o in zip(new, old, strict=True))
+        mx[active], my[active], cxx[active], cyy[active], cxy[active] = new
         converged[active[done]] = True
         bad_flux = ~(f > 0)
         bad_size = ~((new[2] * new[3] - new[4] ** 2 > 0) & (new[2] > 0)) & ~bad_flux
