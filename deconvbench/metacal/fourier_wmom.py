@@ -166,15 +166,19 @@ def metacal_wmom(spectrum, stamp_size: int, pixel_scale: float, reconv_fwhm_arcs
     centre = float(stamp_size // 2)
     out: dict[str, dict[str, np.ndarray]] = {}
     seed = None
+    residual: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
     # noshear first; each sheared image starts from the noshear centre moved by its shear
-    # (S c about the stamp centre): the same fixed point in fewer iterations
-    order = sorted(range(len(types)), key=lambda i: types[i] != "noshear")
+    # (S c about the stamp centre), and a −step image also from the +step image's residual
+    # (c₊ − S₊c₀ is odd in the step to first order): the same fixed point in fewer iterations
+    order = sorted(range(len(types)), key=lambda i: (types[i] != "noshear", types[i]))
     for i in order:
         start = None
+        g = metacal_shear(types[i], step)
         if seed is not None:
             shear = np.linalg.inv(mats[i].T)  # S = (Lᵀ)⁻¹
-            start = (centre + shear[0, 0] * seed[0] + shear[0, 1] * seed[1],
-                     centre + shear[1, 0] * seed[0] + shear[1, 1] * seed[1])
+            moved = (shear[0, 0] * seed[0] + shear[0, 1] * seed[1], shear[1, 0] * seed[0] + shear[1, 1] * seed[1])
+            dx, dy = residual.get((-g[0], -g[1]), (0.0, 0.0))
+            start = (centre + moved[0] - np.nan_to_num(dx), centre + moved[1] - np.nan_to_num(dy))
         matrix = np.broadcast_to(mats[i], (b, 2, 2))
 
         def sums_fn(active, cx, cy, base=bases[i], matrix=matrix):
@@ -186,5 +190,8 @@ def metacal_wmom(spectrum, stamp_size: int, pixel_scale: float, reconv_fwhm_arcs
                                      max_shift=max_shift, start=start)
         if types[i] == "noshear":
             seed = (res["x"] - centre, res["y"] - centre)
+        elif start is not None:
+            residual[g] = (res["x"] - start[0] + np.nan_to_num(residual.get((-g[0], -g[1]), (0.0, 0.0))[0]),
+                           res["y"] - start[1] + np.nan_to_num(residual.get((-g[0], -g[1]), (0.0, 0.0))[1]))
         out[types[i]] = _to_estimate(res, pixel_scale, res["flux"])
     return {mtype: out[mtype] for mtype in types}

@@ -37,7 +37,7 @@ from ..moments import (
 )
 from .estimators import WMOM_WEIGHT_FWHM_ARCSEC, _to_estimate
 from .fourier_wmom import fourier_round_weight_sums, metacal_kernel_bases, type_matrices
-from .shear_ops import METACAL_TYPES
+from .shear_ops import METACAL_TYPES, metacal_shear
 
 DEVICES = ("cpu", "gpu")
 
@@ -106,17 +106,27 @@ def _measure(deconvolved, target_ratio, sigma_g, *, size: int, n: int, types: tu
     c0, s0, f0, a0 = _iterate(bases[first], jnp.broadcast_to(mats[first], (b, 2, 2)), jnp.zeros((b, 2)), size,
                               sigma_w, max_iter, tol, max_shift)
     out[first] = (c0, s0, f0, a0)
-    others = [i for i in range(len(types)) if i != first]
-    if others:
-        shears = jnp.linalg.inv(jnp.transpose(mats[jnp.array(others)], (0, 2, 1)))  # S = (Lᵀ)⁻¹
-        seed = jnp.nan_to_num(c0)
-        start = jnp.einsum("tij,bj->tbi", shears, seed).reshape(len(others) * b, 2)
-        stacked = jnp.repeat(mats[jnp.array(others)], b, axis=0)
-        c, s, f, a = _iterate(bases[jnp.array(others)].reshape((len(others) * b,) + bases.shape[2:]), stacked, start,
-                              size, sigma_w, max_iter, tol, max_shift)
-        for k, i in enumerate(others):
+    # the seeding of the numpy route: sheared images start from S·c₀, and the second image
+    # of each ±step pair also from the first one's residual (same order as numpy)
+    rest = sorted((i for i in range(len(types)) if i != first), key=lambda i: types[i])
+    shears = {t: metacal_shear(t, step) for t in types}
+    waves = [[i for i in rest if (-shears[types[i]][0], -shears[types[i]][1]) not in
+              {shears[types[j]] for j in rest[:rest.index(i)]}]]
+    waves.append([i for i in rest if i not in waves[0]])
+    residual = {}
+    seed = jnp.nan_to_num(c0)
+    for wave in (w for w in waves if w):
+        idx = jnp.array(wave)
+        shear_m = jnp.linalg.inv(jnp.transpose(mats[idx], (0, 2, 1)))  # S = (Lᵀ)⁻¹
+        moved = jnp.einsum("tij,bj->tbi", shear_m, seed)
+        prior = jnp.stack([residual.get(tuple(-g for g in shears[types[i]]), jnp.zeros((b, 2))) for i in wave])
+        start = moved - prior
+        c, s, f, a = _iterate(bases[idx].reshape((len(wave) * b,) + bases.shape[2:]), jnp.repeat(mats[idx], b, axis=0),
+                              start.reshape(len(wave) * b, 2), size, sigma_w, max_iter, tol, max_shift)
+        for k, i in enumerate(wave):
             sl = slice(k * b, (k + 1) * b)
             out[i] = (c[sl], s[:, sl], f[sl], a[sl])
+            residual[shears[types[i]]] = jnp.nan_to_num(c[sl] - start[k] + prior[k])
     return tuple(out)
 
 
