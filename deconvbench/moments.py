@@ -80,17 +80,16 @@ def _round_weight_sums(images: np.ndarray, cx: np.ndarray, cy: np.ndarray, sigma
 
 def _elliptical_weight_sums(images: np.ndarray, cx, cy, cxx, cyy, cxy):
     """Same sums as :func:`_round_weight_sums` for elliptical weights
-    ``w = exp(−½ dᵀC⁻¹d)``, ``C = [[cxx, cxy], [cxy, cyy]]`` (pixels²). The weight is
-    built from its separable factors and one cross term; the sums are two batched matrix
-    products against ``(1, d, d²)`` along each axis."""
+    ``w = exp(−½ dᵀC⁻¹d)``, ``C = [[cxx, cxy], [cxy, cyy]]`` (pixels²); the sums are two
+    batched matrix products against ``(1, d, d²)`` along each axis."""
     ny, nx = images.shape[-2:]
     det = cxx * cyy - cxy**2
     ixx, iyy, ixy = cyy / det, cxx / det, -cxy / det
     dx = np.arange(nx, dtype=np.float64)[None, :] - cx[:, None]  # (B, nx)
     dy = np.arange(ny, dtype=np.float64)[None, :] - cy[:, None]  # (B, ny)
-    cross = np.exp(-ixy[:, None, None] * dy[:, :, None] * dx[:, None, :])
-    wimg = images * cross * np.exp(-0.5 * ixx[:, None] * dx * dx)[:, None, :]
-    wimg *= np.exp(-0.5 * iyy[:, None] * dy * dy)[:, :, None]
+    quad = (ixx[:, None] * dx * dx)[:, None, :] + (iyy[:, None] * dy * dy)[:, :, None]
+    quad += (2.0 * ixy[:, None, None]) * dy[:, :, None] * dx[:, None, :]
+    wimg = images * np.exp(-0.5 * quad)  # one exponent: no overflow of separate factors
     x_basis = np.stack([np.ones_like(dx), dx, dx * dx], axis=-1)  # (B, nx, 3)
     y_basis = np.stack([np.ones_like(dy), dy, dy * dy], axis=1)  # (B, 3, ny)
     s = np.matmul(y_basis, np.matmul(wimg, x_basis))  # (B, 3 [dy power], 3 [dx power])
