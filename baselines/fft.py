@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from deconvbench import fourier as F
+from deconvbench.metacal.psf_fit import unique_stamps
 from deconvbench.methods import Batch
 
 
@@ -84,10 +85,16 @@ class FFTDeconvolver:
         obs = F.as_stack(batch.observed, "observed")
         n = obs.shape[-1]
         N = F.padded_size(n, self.pad_factor)
-        P = F.otf(batch.psf, N)
+        out = F.irfft2(F.rfft2(F.pad_centered(obs, N)) * self.transfer(batch, N), N)
+        return F.crop_centered(out, n)
+
+    def transfer(self, batch: Batch, N: int) -> np.ndarray:
+        """``window · T~/P~`` per stamp ``(B, N, N//2+1)``, computed once per distinct PSF
+        image (stamps of a metacal group share theirs); the same numbers as per stamp."""
+        psf = F.as_stack(batch.psf, "psf")
+        first, inverse = unique_stamps(psf)
+        P = F.otf(psf[first], N)
         T = F.target_transfer(N, batch.target_fwhm_arcsec, batch.pixel_scale_arcsec, self.target)
         window = cut_window(P, self.threshold, self.cut)
         safe = np.where(window > 0, P, 1.0)
-        ratio = window * T / safe
-        out = F.irfft2(F.rfft2(F.pad_centered(obs, N)) * ratio, N)
-        return F.crop_centered(out, n)
+        return (window * T / safe)[inverse]

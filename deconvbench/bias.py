@@ -48,11 +48,10 @@ from .metacal.measure import (
     M_REQUIREMENT,
     MetacalConfig,
     measure_batch,
-    measure_images,
+    measure_deconvolved,
     requirement_verdict,
 )
 from .metacal.psf_fit import reconv_fwhm
-from .metacal.shear_ops import metacal_images
 from .methods import Batch
 from .metrics.aggregate import snr_labels
 from .store import CONTENT_KEYS, ContentHasher
@@ -305,16 +304,13 @@ def run_bias(
             channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
             meta["metacal_seconds"] += time.perf_counter() - t1
             pixel = card.stamp.pixel_scale_arcsec
-            truth_images = metacal_images(
-                arrays["truth"].astype(np.float64),
+            channels["truth"] = measure_deconvolved(
+                arrays["truth"],
                 pixel,
                 card.stamp.target_psf_fwhm_arcsec,
                 reconv_fwhm(batch.psf, pixel, config.step),
-                step=config.step,
-                pad_factor=config.pad_factor,
-                workers=-1,
+                truth_config,
             )
-            channels["truth"] = measure_images(truth_images, pixel, truth_config)
             weights = np.random.default_rng([config.bootstrap_seed, first]).poisson(1.0, size=(n_boot, count))
             group_labels = snr_labels(params["snr_level"][::GROUP])
             for channel, values in channels.items():

@@ -26,7 +26,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ import numpy as np
 
 from .atomic import atomic_write, check_writable, write_json_atomic
 from .errors import DataError, OutputError, UsageError
-from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, summarise
+from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, measure_deconvolved, summarise
+from .metacal.psf_fit import reconv_fwhm
 from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
 from .results_schema import SCHEMA_VERSION
@@ -58,6 +59,7 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     identity: dict = field(default_factory=dict)
     mcal: dict[str, np.ndarray] = field(default_factory=dict)
+    mcal_truth: dict[str, np.ndarray] = field(default_factory=dict)
     metacal_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
@@ -72,6 +74,7 @@ class RunState:
             "status": self.status,
             **{f"m_{k}": v for k, v in self.metrics.items()},
             **{f"c_{k}": v for k, v in self.mcal.items()},
+            **{f"t_{k}": v for k, v in self.mcal_truth.items()},
             "meta": np.array(json.dumps(meta)),
         }
         atomic_write(path, lambda handle: np.savez(handle, **arrays))
@@ -84,8 +87,9 @@ class RunState:
                 meta = json.loads(str(data["meta"]))
                 metrics = {k[2:]: data[k] for k in data.files if k.startswith("m_")}
                 mcal = {k[2:]: data[k] for k in data.files if k.startswith("c_")}
+                mcal_truth = {k[2:]: data[k] for k in data.files if k.startswith("t_")}
                 status = data["status"]
-            state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal)
+            state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal, mcal_truth=mcal_truth)
             state.metacal_seconds = meta.get("metacal_seconds", 0.0)
             state.next_index = int(meta["next_index"])
             state.deconv_seconds = float(meta["deconv_seconds"])
@@ -304,6 +308,7 @@ def run_method(
                     hasher.update(key, arrays[key])
                 if metacal and not state.mcal:
                     state.mcal = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
+                    state.mcal_truth = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
                 truth = arrays["truth"].astype(np.float64)
                 batch = Batch(
                     observed=arrays["observed"],
@@ -314,6 +319,8 @@ def run_method(
                 )
                 count = len(truth)
                 sl = slice(start, start + count)
+                if metacal:
+                    _measure_truth_floor(batch, truth, metacal, state, sl)
                 estimate, status, error = _call_method(method, batch, state)
                 if estimate is not None:
                     per_stamp = stamp_metrics(estimate, truth)
@@ -391,6 +398,17 @@ def _measure_metacal(
     if values is not None:
         for key in MEASUREMENT_KEYS:
             state.mcal[key][sl] = values[key]
+
+
+def _measure_truth_floor(batch: Batch, truth: np.ndarray, config: MetacalConfig, state: RunState, sl: slice) -> None:
+    """Metacal on the ``truth`` images of the batch (perfect deconvolution, no fixnoise):
+    the run's own floor of m, reported next to m (not timed)."""
+    reconv = reconv_fwhm(batch.psf, batch.pixel_scale_arcsec, config.step)
+    values = measure_deconvolved(
+        truth, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, reconv, replace(config, fixnoise=False)
+    )
+    for key in MEASUREMENT_KEYS:
+        state.mcal_truth[key][sl] = values[key]
 
 
 def _call_method(method: Deconvolver, batch: Batch, state: RunState):
@@ -475,6 +493,11 @@ def build_result(
     }
     if metacal is not None and state.mcal:
         result["metacal"] = summarise(state.mcal, state.status == STATUS_OK, params, metacal)
+        if state.mcal_truth:
+            floor = summarise(state.mcal_truth, np.ones(len(params), dtype=bool), params, metacal)
+            result["metacal"]["m_floor_truth"] = floor["m"]
+            result["metacal"]["m_floor_truth_err"] = floor["m_err"]
+            result["metacal"]["truth_floor"] = {"overall": floor["overall"], "by_snr": floor["by_snr"]}
         # a method with its own metacal route (galsim-mcal) does the deconvolution inside
         # it; for the others the metacal step is deconvolution + shear/reconvolution + estimator
         own_route = hasattr(method, "metacal_images")

@@ -22,6 +22,9 @@ def bias_command(
     estimator: str = typer.Option("wmom", "--estimator", help="wmom or admom"),
     chunk_groups: int = typer.Option(64, "--chunk-groups", help="groups of 4 stamps per chunk (memory ~ chunk)"),
     n_boot: int = typer.Option(200, "--n-boot", help="Poisson bootstrap replicates"),
+    device: str | None = typer.Option(
+        None, "--device", help="run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
+    ),
 ) -> None:
     """Streaming m, c, alpha with bootstrap errors: render, deconvolve, metacal, sum (resumable)."""
     from ..bias import run_bias
@@ -31,9 +34,13 @@ def bias_command(
     from ..tables import bias_table
 
     try:
-        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise)
+        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
     except (KeyError, ValueError) as exc:
         raise UsageError(str(exc).strip("'\"")) from None
+    if device is not None:
+        from ..metacal.measure import jax_route
+
+        jax_route(device)  # a missing backend is one line here, before any work
     card_obj = load_card(card)
     card_obj.split(split)
     suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")

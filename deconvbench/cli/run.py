@@ -42,6 +42,9 @@ def run(
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
     workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
+    device: str | None = typer.Option(
+        None, "--device", help="metacal: run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
+    ),
 ) -> None:
     """Run one or more deconvolvers over a dataset and print the comparison table."""
     from ..dataset_files import resolve_run_files
@@ -59,11 +62,15 @@ def run(
         from ..metacal.measure import MetacalConfig
 
         try:
-            mcal_config = MetacalConfig(estimator=estimator, fixnoise=fixnoise)
+            mcal_config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
         except (KeyError, ValueError) as exc:
             raise UsageError(str(exc).strip("\"'")) from None
-    elif fixnoise or estimator != "wmom":
-        raise UsageError("--estimator and --fixnoise apply to --metacal runs only")
+        if device is not None:
+            from ..metacal.measure import jax_route
+
+            jax_route(device)  # a missing backend is one line here, before any work
+    elif fixnoise or estimator != "wmom" or device is not None:
+        raise UsageError("--estimator, --fixnoise and --device apply to --metacal runs only")
     if n is not None and n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
     if batch_size < 1:

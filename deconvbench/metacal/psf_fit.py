@@ -66,7 +66,7 @@ def reconv_fwhm(psf_images, pixel_scale: float, step: float = 0.01) -> np.ndarra
     if images.ndim == 2:
         images = images[None]
     first, inverse = unique_stamps(images)
-    res = adaptive_moments(images[first], crop=PSF_FIT_CROP)
+    res = adaptive_moments(images[first], crop=PSF_FIT_CROP, accelerate=True)
     ok = res["flags"] == 0
     d = ellipticity_dilation(res["Ixx"], res["Iyy"], res["Ixy"])
     sigma = np.sqrt(res["T"] * d / 2.0)
