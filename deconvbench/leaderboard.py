@@ -241,7 +241,7 @@ def quality_q(m: float | None, c: float | None) -> float | None:
 
 
 def leaderboard_sections(results_dir: str | Path) -> list[dict]:
-    """The leaderboard's content, one section per (card, version, split), sorted.
+    """The leaderboard's content, one section per (card, version, split, stamps n), sorted.
 
     Each section: ``card``, ``version``, ``split``, ``n``, ``has_metacal`` and ``rows``
     (dicts of raw values, ranked: by Q where metacal results exist, else by mean NMSE).
@@ -249,9 +249,10 @@ def leaderboard_sections(results_dir: str | Path) -> list[dict]:
     by_dataset: dict[tuple, list[dict]] = {}
     for result in load_results(results_dir):
         ds = result["dataset"]
-        by_dataset.setdefault((ds["card"], ds["version"], ds["split"]), []).append(result)
+        # results on a prefix of a split (dataset.n) are ranked only against the same stamps
+        by_dataset.setdefault((ds["card"], ds["version"], ds["split"], ds["n"]), []).append(result)
     sections = []
-    for (card, version, split), rows in sorted(by_dataset.items()):
+    for (card, version, split, _), rows in sorted(by_dataset.items()):
         table = []
         for r in rows:
             overall = r.get("metrics", {}).get("overall", {})
