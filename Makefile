@@ -39,7 +39,8 @@ results: install
 	$(RUN) $(METHODS_ALL) --dataset space-v2 --split test
 	$(RUN) --method fft --method wiener --metacal --dataset metacal-v2 --n 2000
 	$(RUN) --method galsim-mcal --method deconvnet-torch --metacal --dataset metacal-v2 --n 2000
-	$(RUN) --method fft --metacal --fixnoise --dataset metacal-v2 --split snr50 --n 2000
+	$(BIN)/deconvbench run -j 2 $(RESULTS_FLAGS) --method fft --metacal --fixnoise --dataset metacal-v2 --split snr50 --n 2000 \
+	  --out out/results/fft_metacal-v2-v2_snr50_n2000_fixnoise.json
 	for f in out/results/*.json; do $(BIN)/deconvbench submit --replace "$$f" || exit 1; done
 	$(BIN)/deconvbench leaderboard
 
