@@ -8,7 +8,16 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from ._common import command_line, progress_task
+from ._common import (
+    BLAS_THREADS_OPTION,
+    EXECUTOR_OPTION,
+    SCHEDULER_FILE_OPTION,
+    SCHEDULER_OPTION,
+    WORKERS_OPTION,
+    command_line,
+    executor_spec,
+    progress_task,
+)
 
 
 @app.command("bias")
@@ -22,6 +31,11 @@ def bias_command(
     estimator: str = typer.Option("wmom", "--estimator", help="wmom or admom"),
     chunk_groups: int = typer.Option(64, "--chunk-groups", help="groups of 4 stamps per chunk (memory ~ chunk)"),
     n_boot: int = typer.Option(200, "--n-boot", help="Poisson bootstrap replicates"),
+    executor: str = EXECUTOR_OPTION,
+    workers: int = WORKERS_OPTION,
+    scheduler: str | None = SCHEDULER_OPTION,
+    scheduler_file: Path | None = SCHEDULER_FILE_OPTION,
+    blas_threads: int = BLAS_THREADS_OPTION,
 ) -> None:
     """Streaming m, c, alpha with bootstrap errors: render, deconvolve, metacal, sum (resumable)."""
     from ..bias import run_bias
@@ -30,6 +44,7 @@ def bias_command(
     from ..methods import load_method
     from ..tables import bias_table
 
+    spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
     try:
         config = MetacalConfig(estimator=estimator, fixnoise=fixnoise)
     except (KeyError, ValueError) as exc:
@@ -51,6 +66,7 @@ def bias_command(
             n_boot=n_boot,
             progress=advance,
             command=command_line(),
+            executor=spec,
         )
     print(bias_table(result))
     print(
