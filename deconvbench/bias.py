@@ -19,7 +19,12 @@ split with sheared PSFs) on N stamps of a metacal card without storing any stamp
   (perfect deconvolution), accumulated the same way and reported next to m;
 * a digest of the rendered stamps: ``sha256`` chained over groups, each group hashed
   with the dataset checksum's content hasher (:class:`deconvbench.store.ContentHasher`);
-* after every chunk the accumulators are checkpointed atomically to
+* each chunk is one task, :func:`bias_chunk` of a :class:`BiasTask`, run by an executor
+  (:mod:`deconvbench.execution`: inline, local processes or a Dask cluster; a worker
+  builds the method once and caches it by name and options). The client adds the
+  returned per-chunk sums **in task order**, so sums, m and c are bit-identical for any
+  executor and worker count;
+* after every chunk (in order) the accumulators are checkpointed atomically to
   ``OUT.partial.npz``; a killed run started again with the same arguments continues
   from the last completed chunk (the result does not depend on where it was killed).
 
@@ -34,7 +39,7 @@ import json
 import math
 import time
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +47,7 @@ import numpy as np
 from .atomic import atomic_write, check_writable, write_json_atomic
 from .cards import DatasetCard
 from .errors import DeconvbenchError, MethodError
+from .execution import ExecutorSpec, make_executor
 from .metacal.bias import _ratio_stats
 from .metacal.measure import (
     C_REQUIREMENT,
@@ -143,6 +149,12 @@ class Accumulator:
         self.boot[c, s] += weights @ sums
         self.counts[c, s] += (GROUP * len(keep), GROUP * int(keep.sum()), n_invalid)
 
+    def merge(self, other: Accumulator) -> None:
+        """Add the totals of ``other`` (a chunk's accumulator with the same labels)."""
+        self.sums += other.sums
+        self.boot += other.boot
+        self.counts += other.counts
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"sums": self.sums, "boot": self.boot, "counts": self.counts}
 
@@ -198,17 +210,117 @@ def _save_checkpoint(path: Path, acc: Accumulator, meta: dict) -> None:
     atomic_write(path, lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **acc.arrays()))
 
 
-def _group_digests(arrays: dict[str, np.ndarray], chain: str) -> str:
-    """Extend the digest chain by every group of the chunk (index order)."""
-    n_groups = len(arrays["params"]) // GROUP
-    for g in range(n_groups):
+def _group_digests(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The content digest of every group of the chunk (index order)."""
+    digests = []
+    for g in range(len(arrays["params"]) // GROUP):
         hasher = ContentHasher()
         sl = slice(g * GROUP, (g + 1) * GROUP)
         for key in CONTENT_KEYS:
             data = np.asarray(arrays[key][sl])
             hasher.update(key, data.astype("<f4") if data.dtype.kind == "f" and data.ndim == 3 else data)
-        chain = hashlib.sha256(bytes.fromhex(chain) + bytes.fromhex(hasher.hexdigest())).hexdigest()
+        digests.append(hasher.hexdigest())
+    return digests
+
+
+def _extend_chain(chain: str, digests: list[str]) -> str:
+    """The stamps digest: sha256 chained over the group digests, in index order."""
+    for digest in digests:
+        chain = hashlib.sha256(bytes.fromhex(chain) + bytes.fromhex(digest)).hexdigest()
     return chain
+
+
+@dataclass(frozen=True)
+class MethodRef:
+    """A method a worker builds itself: ``load_method(name, **options)``."""
+
+    name: str
+    options_json: str = "{}"
+
+
+_WORKER_METHODS: dict[MethodRef, object] = {}
+
+
+def _worker_method(method):
+    """The method instance of a task: the instance itself (inline runs) or, for a
+    :class:`MethodRef`, the one this worker process built at its first task."""
+    if not isinstance(method, MethodRef):
+        return method
+    if method not in _WORKER_METHODS:
+        from .methods import load_method
+
+        _WORKER_METHODS[method] = load_method(method.name, **json.loads(method.options_json))
+    return _WORKER_METHODS[method]
+
+
+@dataclass(frozen=True)
+class BiasTask:
+    """One chunk of a streaming bias run: groups ``first_group .. first_group+n_groups``."""
+
+    method: object  # a MethodRef, or the instance itself when the task runs in the client
+    card_json: str
+    split: str
+    first_group: int
+    n_groups: int
+    config: MetacalConfig
+    n_boot: int
+    labels: tuple[str, ...]
+
+
+@dataclass
+class ChunkSums:
+    """What a chunk task returns: its accumulator, the digests of its groups (index
+    order), the largest |g1| seen, the non-finite estimates and worker-side seconds."""
+
+    acc: Accumulator
+    group_digests: list[str]
+    g_true: float
+    nonfinite: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def bias_chunk(task: BiasTask) -> ChunkSums:
+    """Render, deconvolve, metacal and sum one chunk (a pure function of ``task``; the
+    function an executor runs)."""
+    t0 = time.perf_counter()
+    method = _worker_method(task.method)
+    card = DatasetCard.model_validate_json(task.card_json)
+    config, first, count = task.config, task.first_group, task.n_groups
+    arrays = render_groups(card, task.split, first, count)
+    params = arrays["params"]
+    t_render = time.perf_counter() - t0
+    batch = Batch(
+        observed=arrays["observed"].astype(np.float64),
+        psf=arrays["psf"].astype(np.float64),
+        noise_sigma=arrays["noise_sigma"],
+        pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
+        target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
+    )
+    t1 = time.perf_counter()
+    estimate = None if hasattr(method, "metacal_images") else _deconvolve(method, batch, first)
+    nonfinite = 0 if estimate is None else int((~np.isfinite(estimate).all(axis=(1, 2))).sum())
+    t_deconv = time.perf_counter() - t1
+    channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
+    t_metacal = time.perf_counter() - t1
+    pixel = card.stamp.pixel_scale_arcsec
+    channels["truth"] = measure_deconvolved(
+        arrays["truth"],
+        pixel,
+        card.stamp.target_psf_fwhm_arcsec,
+        reconv_fwhm(batch.psf, pixel, config.step),
+        replace(config, fixnoise=False),
+    )
+    weights = np.random.default_rng([config.bootstrap_seed, first]).poisson(1.0, size=(task.n_boot, count))
+    group_labels = snr_labels(params["snr_level"][::GROUP])
+    acc = Accumulator(list(task.labels), task.n_boot)
+    for channel, values in channels.items():
+        sums, keep = group_sums(values)
+        invalid = (np.asarray(values["flags"]) != 0).reshape(-1, GROUP).sum(axis=1)
+        for label in set(group_labels):
+            mask = group_labels == label
+            acc.add(channel, label, sums[mask], keep[mask], weights[:, mask], int(invalid[mask].sum()))
+    seconds = {"render": t_render, "deconv": t_deconv, "metacal": t_metacal, "task": time.perf_counter() - t0}
+    return ChunkSums(acc, _group_digests(arrays), float(np.max(np.abs(params["shear_g1"]))), nonfinite, seconds)
 
 
 def run_bias(
@@ -223,10 +335,16 @@ def run_bias(
     progress=None,
     command: str | None = None,
     stop_after_chunks: int | None = None,
+    executor: ExecutorSpec | None = None,
+    method_options: dict | None = None,
 ) -> dict | None:
     """Streaming bias run (see module docstring); writes the result JSON to ``out`` and
     returns it. ``stop_after_chunks`` stops early leaving the checkpoint (tests of the
-    resume path); then None is returned."""
+    resume path); then None is returned.
+
+    ``executor`` says where the chunks run (default: inline, in this process, with the
+    ``method`` instance); worker processes build their own method with
+    ``load_method(method.name, **method_options)``."""
     from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 
     config = config or MetacalConfig()
@@ -256,7 +374,6 @@ def run_bias(
     levels = card.snr_levels(split)
     labels = list(dict.fromkeys(snr_labels(np.asarray(sorted(levels), dtype=np.float64))))
     acc = Accumulator(labels, n_boot)
-    truth_config = replace(config, fixnoise=False)
     ckpt = _checkpoint_path(out)
     meta = {
         "identity": identity.key(),
@@ -280,50 +397,35 @@ def run_bias(
             meta = saved
             acc.load(arrays)
     n_groups = n // GROUP
+    executor = executor or ExecutorSpec(kind="inline")
+    task_method = (
+        method
+        if executor.kind == "inline"
+        else MethodRef(method.name, json.dumps(method_options or {}, sort_keys=True))
+    )
+    card_json = card.model_dump_json()
+    tasks = (
+        BiasTask(
+            task_method, card_json, split, first, min(chunk_groups, n_groups - first), config, n_boot, tuple(labels)
+        )
+        for first in range(meta["next_group"], n_groups, chunk_groups)
+    )
     done_chunks = 0
-    with PeakMemory() as memory:
-        while meta["next_group"] < n_groups:
-            t0 = time.perf_counter()
-            first = meta["next_group"]
-            count = min(chunk_groups, n_groups - first)
-            arrays = render_groups(card, split, first, count)
-            params = arrays["params"]
-            t_render = time.perf_counter() - t0
-            batch = Batch(
-                observed=arrays["observed"].astype(np.float64),
-                psf=arrays["psf"].astype(np.float64),
-                noise_sigma=arrays["noise_sigma"],
-                pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-                target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
-            )
-            t1 = time.perf_counter()
-            estimate = None if hasattr(method, "metacal_images") else _deconvolve(method, batch, first)
-            if estimate is not None:
-                meta["nonfinite"] = meta.get("nonfinite", 0) + int((~np.isfinite(estimate).all(axis=(1, 2))).sum())
-            meta["deconv_seconds"] += time.perf_counter() - t1
-            channels = {"method": measure_batch(method, batch, estimate, config, noise_seed=params["noise_seed"])}
-            meta["metacal_seconds"] += time.perf_counter() - t1
-            pixel = card.stamp.pixel_scale_arcsec
-            channels["truth"] = measure_deconvolved(
-                arrays["truth"],
-                pixel,
-                card.stamp.target_psf_fwhm_arcsec,
-                reconv_fwhm(batch.psf, pixel, config.step),
-                truth_config,
-            )
-            weights = np.random.default_rng([config.bootstrap_seed, first]).poisson(1.0, size=(n_boot, count))
-            group_labels = snr_labels(params["snr_level"][::GROUP])
-            for channel, values in channels.items():
-                sums, keep = group_sums(values)
-                invalid = (np.asarray(values["flags"]) != 0).reshape(-1, GROUP).sum(axis=1)
-                for label in set(group_labels):
-                    mask = group_labels == label
-                    acc.add(channel, label, sums[mask], keep[mask], weights[:, mask], int(invalid[mask].sum()))
-            meta["chain"] = _group_digests(arrays, meta["chain"])
-            meta["g_true"] = float(np.max(np.abs(params["shear_g1"])))
-            meta["next_group"] = first + count
-            meta["seconds"] += time.perf_counter() - t0
-            meta["render_seconds"] += t_render
+    with PeakMemory() as memory, make_executor(executor) as ex:
+        since = time.perf_counter()
+        for chunk in ex.imap_ordered(bias_chunk, tasks):
+            count = len(chunk.group_digests)
+            acc.merge(chunk.acc)
+            meta["nonfinite"] = meta.get("nonfinite", 0) + chunk.nonfinite
+            meta["chain"] = _extend_chain(meta["chain"], chunk.group_digests)
+            meta["g_true"] = chunk.g_true
+            meta["next_group"] += count
+            meta["render_seconds"] += chunk.seconds["render"]
+            meta["deconv_seconds"] += chunk.seconds["deconv"]
+            meta["metacal_seconds"] += chunk.seconds["metacal"]
+            now = time.perf_counter()
+            meta["seconds"] += now - since  # wall time of the stream, as seen by the client
+            since = now
             _save_checkpoint(ckpt, acc, meta)
             if progress:
                 progress(GROUP * count)

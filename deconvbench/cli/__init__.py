@@ -17,8 +17,10 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import DeconvbenchError
+from ..execution.base import WorkerLostError
 from ._common import err_console
 
+EXIT_WORKER_LOST = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         status = app(args=argv, standalone_mode=False)  # typer turns Ctrl-C into the return value 130
+    except WorkerLostError as exc:  # not the user's fault: a worker kept dying (memory, node loss)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_WORKER_LOST)
     except DeconvbenchError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)

@@ -1,4 +1,6 @@
-"""Shared pieces of the commands: consoles, progress bars, option parsing, messages."""
+"""Shared pieces of the commands: consoles, progress bars, option parsing, messages,
+the executor options (``--executor``, ``-j``, ``--scheduler``, ``--scheduler-file``,
+``--blas-threads``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -84,3 +88,32 @@ def parse_options(options: list[str]) -> dict[str, dict]:
         except json.JSONDecodeError:
             parsed.setdefault(method, {})[name] = value
     return parsed
+
+
+# -- where the work runs: the same options on generate, bias and run -----------------------
+EXECUTOR_OPTION = typer.Option(
+    "local", "--executor", help="local (worker processes on this machine) or dask (a Dask cluster)"
+)
+WORKERS_OPTION = typer.Option(
+    1, "--workers", "-j", help="workers (local processes, or LocalCluster processes with --executor dask)"
+)
+SCHEDULER_OPTION = typer.Option(
+    None, "--scheduler", help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786 (--executor dask)"
+)
+SCHEDULER_FILE_OPTION = typer.Option(
+    None, "--scheduler-file", help="scheduler file written by `dask scheduler --scheduler-file` (--executor dask)"
+)
+BLAS_THREADS_OPTION = typer.Option(1, "--blas-threads", help="BLAS/FFT threads per worker")
+
+
+def executor_spec(executor: str, workers: int, scheduler: str | None, scheduler_file: Path | None, blas_threads: int):
+    """The validated :class:`~deconvbench.execution.ExecutorSpec` of the executor options
+    (an invalid combination raises ExecutorError: one line, exit 2). ``--executor local
+    -j 1`` runs inline, in this process."""
+    from ..execution import ExecutorSpec
+
+    kind = "inline" if executor == "local" and workers == 1 else executor
+    spec = ExecutorSpec(kind, workers, scheduler, scheduler_file, blas_threads)
+    if kind == "inline" and (scheduler or scheduler_file):
+        spec = ExecutorSpec("local", workers, scheduler, scheduler_file, blas_threads)  # names the bad option
+    return spec.validate()

@@ -8,7 +8,16 @@ import typer
 
 from ..errors import UsageError
 from . import app
-from ._common import command_line, progress_task
+from ._common import (
+    BLAS_THREADS_OPTION,
+    EXECUTOR_OPTION,
+    SCHEDULER_FILE_OPTION,
+    SCHEDULER_OPTION,
+    WORKERS_OPTION,
+    command_line,
+    executor_spec,
+    progress_task,
+)
 
 
 @app.command("bias")
@@ -25,6 +34,11 @@ def bias_command(
     device: str | None = typer.Option(
         None, "--device", help="run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
+    executor: str = EXECUTOR_OPTION,
+    workers: int = WORKERS_OPTION,
+    scheduler: str | None = SCHEDULER_OPTION,
+    scheduler_file: Path | None = SCHEDULER_FILE_OPTION,
+    blas_threads: int = BLAS_THREADS_OPTION,
 ) -> None:
     """Streaming m, c, alpha with bootstrap errors: render, deconvolve, metacal, sum (resumable)."""
     from ..bias import run_bias
@@ -33,6 +47,7 @@ def bias_command(
     from ..methods import load_method
     from ..tables import bias_table
 
+    spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
     try:
         config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
     except (KeyError, ValueError) as exc:
@@ -58,6 +73,7 @@ def bias_command(
             n_boot=n_boot,
             progress=advance,
             command=command_line(),
+            executor=spec,
         )
     print(bias_table(result))
     print(

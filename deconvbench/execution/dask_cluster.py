@@ -36,7 +36,7 @@ except ImportError:  # the executor explains it when asked for
     WorkerPlugin = object
 
 CONNECT_TIMEOUT_SECONDS = 30
-CLOSE_TIMEOUT_SECONDS = 10
+CLOSE_TIMEOUT_SECONDS = 30
 
 
 class ThreadLimitPlugin(WorkerPlugin):

@@ -1,25 +1,21 @@
 """Parallel, deterministic generation of a dataset split into one HDF5 file.
 
-Work is cut into chunks of whole PSF groups (galaxies sharing one PSF); workers
-(processes) render chunks independently and the main process writes them in index
-order. Every stamp depends only on (card, split, index), so the output, and its
-checksum, is bit-identical for any ``workers``.
+Work is cut into chunks of whole PSF groups (galaxies sharing one PSF), the tasks
+``(card_json, split, first_galaxy, n_galaxies)``; an executor (:mod:`deconvbench.execution`:
+local worker processes, a Dask cluster, or inline) renders them and hands the arrays back
+in task order, straight into the :class:`~deconvbench.store.DatasetWriter`. Every stamp
+depends only on (card, split, index), so the output, and its checksum, is bit-identical
+for any executor and worker count.
 
-Interruption: Ctrl-C/SIGTERM of the main process cancels the pending chunks, terminates
-the workers and removes the ``.partial`` file before re-raising. Workers also watch their
-parent: if it dies without cleaning up (``kill -9``), they exit at their next check
-(every ``WATCH_PARENT_SECONDS``) instead of rendering on as orphans.
+Interruption: Ctrl-C/SIGTERM of the main process makes the executor kill its workers
+(none is left behind, even after ``kill -9`` of the main process) and the writer removes
+the ``.partial`` file before the interrupt is re-raised.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from .. import __version__
 from ..cards import DatasetCard
 from ..errors import CardError, DeconvbenchError
+from ..execution import ExecutorSpec, make_executor
 from ..store import DatasetWriter
 from .render import render_group
 from .sampling import card_params_dtype, draw_galaxies, group_size
@@ -73,30 +70,17 @@ def chunk_galaxies(card: DatasetCard) -> int:
     return per_psf * max(1, -(-CHUNK_STAMPS // stamps_per_psf))
 
 
-WATCH_PARENT_SECONDS = 0.5
+def render_task(task: tuple[str, str, int, int]) -> dict[str, np.ndarray]:
+    """:func:`render_chunk` of one task ``(card_json, split, first_galaxy, n_galaxies)``
+    (the function an executor runs)."""
+    return render_chunk(*task)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: exit as soon as the parent process is gone (no orphans)."""
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(WATCH_PARENT_SECONDS)
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
-
-
-def _stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Cancel pending chunks and terminate the workers now (on interruption or error)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(timeout=5)
+def chunk_tasks(card: DatasetCard, split: str, n_galaxies: int) -> list[tuple[str, str, int, int]]:
+    """The render tasks of the first ``n_galaxies`` galaxies of ``split``, in index order."""
+    step = chunk_galaxies(card)
+    card_json = card.model_dump_json()
+    return [(card_json, split, g, min(step, n_galaxies - g)) for g in range(0, n_galaxies, step)]
 
 
 def file_attrs(card: DatasetCard, split: str, n: int) -> dict:
@@ -123,52 +107,33 @@ def generate(
     n: int | None = None,
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    executor: ExecutorSpec | None = None,
 ) -> GenerationReport:
-    """Generate ``n`` stamps (default: the split's count) of ``split`` into ``out``."""
+    """Generate ``n`` stamps (default: the split's count) of ``split`` into ``out``.
+
+    ``executor`` says where the chunks are rendered; without it, ``workers`` local
+    processes (inline for ``workers=1``)."""
     spec = card.split(split)
     n = spec.n if n is None else n
     size = group_size(card)
     if n <= 0 or n % size:
         raise CardError(f"--n must be a positive multiple of {size} for card {card.name!r}, got {n}")
-    if workers < 1:
-        raise DeconvbenchError(f"--workers must be >= 1, got {workers}")
-    n_galaxies = n // size
-    step = chunk_galaxies(card)
-    chunks = [(g, min(step, n_galaxies - g)) for g in range(0, n_galaxies, step)]
-    card_json = card.model_dump_json()
+    if executor is None:
+        if workers < 1:
+            raise DeconvbenchError(f"--workers must be >= 1, got {workers}")
+        executor = ExecutorSpec(kind="inline" if workers == 1 else "local", workers=workers)
+    tasks = chunk_tasks(card, split, n // size)
     start = time.perf_counter()
-    with DatasetWriter(out, n, card.stamp.size, card_params_dtype(card), file_attrs(card, split, n)) as writer:
-        if workers == 1:
-            for first, count in chunks:
-                arrays = render_chunk(card_json, split, first, count)
-                writer.write(arrays)
-                if progress:
-                    progress(len(arrays["params"]))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(os.getpid(),)
-            )
-            try:
-                pending: deque = deque()
-                todo = iter(chunks)
-                for first, count in todo:  # keep a bounded window of chunks in flight
-                    pending.append(pool.submit(render_chunk, card_json, split, first, count))
-                    if len(pending) >= 3 * workers:
-                        break
-                while pending:
-                    arrays = pending.popleft().result()
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(render_chunk, card_json, split, *nxt))
-                    writer.write(arrays)
-                    if progress:
-                        progress(len(arrays["params"]))
-            except BaseException:
-                _stop_pool(pool)
-                raise
-            pool.shutdown(wait=True)
+    with (
+        make_executor(executor) as ex,
+        DatasetWriter(out, n, card.stamp.size, card_params_dtype(card), file_attrs(card, split, n)) as writer,
+    ):
+        for arrays in ex.imap_ordered(render_task, tasks):
+            writer.write(arrays)
+            if progress:
+                progress(len(arrays["params"]))
         checksum = writer.close()
+        used_workers = ex.workers
     seconds = time.perf_counter() - start
     out = Path(out)
-    return GenerationReport(out, card.name, card.version, split, n, workers, seconds, checksum, out.stat().st_size)
+    return GenerationReport(out, card.name, card.version, split, n, used_workers, seconds, checksum, out.stat().st_size)
