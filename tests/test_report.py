@@ -32,9 +32,9 @@ CLI = [sys.executable, "-m", "deconvbench.cli"]
 def test_sections_of_the_committed_results():
     sections = load_sections(REPO / "results")
     assert [s.title for s in sections] == [
-        "ground-v1 v1 — test",
-        "space-v1 v1 — test",
-        "metacal-v1 v1 — metacal splits leakage, noiseless, snr20, snr50",
+        "ground-v2 v2 — test",
+        "space-v2 v2 — test",
+        "metacal-v2 v2 — metacal splits leakage, noiseless, snr20, snr50",
     ]
     assert [len(s.results) for s in sections] == [6, 4, 17]
     ground, _, metacal = sections
@@ -43,7 +43,7 @@ def test_sections_of_the_committed_results():
     assert [label for label, _ in nmse["wiener"]] == ["10", "20", "40", "80", "200", "noiseless"]
     assert dict(nmse["wiener"])["20"] == wiener["metrics"]["by_snr"]["20"]["nmse"]["mean"]
     m = bias_series(metacal, "m")
-    fft50 = json.loads((REPO / "results" / "metacal-v2-v2_snr50_fft.json").read_text())["metacal"]["overall"]
+    fft50 = json.loads((REPO / "results" / "metacal-v2-v2_snr50_n2000_fft.json").read_text())["metacal"]["overall"]
     assert ("50", fft50["m"], fft50["m_err"]) in m["fft"]
     assert [label for label, *_ in m["fft"]] == ["20", "50", "noiseless"]  # leakage split left out
     assert sorted(m) == ["deconvnet-torch", "fft", "fft fixnoise", "galsim-mcal", "wiener"]
@@ -122,7 +122,7 @@ def test_gallery_regenerates_the_published_first_stamps_and_names_missing_method
 ):
     from deconvbench.report.gallery import gallery_stamps
 
-    stamps, notes = gallery_stamps("smoke", "1", "test", ["fft", "not-installed"], count=3)
+    stamps, notes = gallery_stamps("smoke", "2", "test", ["fft", "not-installed"], count=3)
     with open_dataset(smoke_test_file) as ds:
         truth, observed = ds.read("truth"), ds.read("observed")
     assert len(stamps) == 3 and sorted(notes) == ["not-installed"] and "unknown method" in notes["not-installed"]
