@@ -74,6 +74,30 @@ class StampSpec(_Strict):
     )
 
 
+class SersicSpec(_Strict):
+    """Sérsic profiles (``profile = "sersic"``): index, its rounding, truncation.
+
+    The index n is drawn from ``index`` (log-normal truncated to [min, max]; GalSim
+    supports 0.3 ≤ n ≤ 6.2) and rounded to a multiple of ``index_step`` (GalSim caches one
+    radial table per index, as its COSMOSCatalog does with 0.05). The profile is truncated
+    at ``trunc_factor`` half-light radii; flux and half-light radius are those of the
+    truncated profile (GalSim's ``flux_untruncated=False``)."""
+
+    index: LogNormal
+    index_step: float = Field(0.05, ge=0, le=0.5, description="n rounded to a multiple of this (0: not rounded)")
+    trunc_factor: float = Field(
+        gt=1.5, le=10.0, description="truncation radius in half-light radii (≤ 10: the padded grid's reach)"
+    )
+
+    @model_validator(mode="after")
+    def _galsim_range(self):
+        if not (self.index.min >= 0.3 and self.index.max <= 6.2):
+            raise ValueError(
+                f"index range must lie in [0.3, 6.2] (GalSim's Sersic), got [{self.index.min}, {self.index.max}]"
+            )
+        return self
+
+
 class GalaxySpec(_Strict):
     """Galaxy population. Profiles are drawn with the given weights."""
 
@@ -89,6 +113,15 @@ class GalaxySpec(_Strict):
     )
     knots_number: Range = Range(min=10, max=60)
     knots_flux_fraction: Range = Range(min=0.1, max=0.4)
+    # Optional table: absent (None) it is left out of the card hash, so cards written before
+    # it existed keep their hash (see DatasetCard.canonical_json).
+    sersic: SersicSpec | None = None
+
+    @model_validator(mode="after")
+    def _sersic_table(self):
+        if "sersic" in self.profiles and self.sersic is None:
+            raise ValueError("profile 'sersic' needs a [galaxy.sersic] table (index, trunc_factor)")
+        return self
 
     @field_validator("profiles")
     @classmethod
@@ -240,8 +273,14 @@ class DatasetCard(_Strict):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def canonical_json(self) -> str:
-        """The validated card as JSON with sorted keys (inf written as ``Infinity``)."""
-        return json.dumps(json.loads(self.model_dump_json()), sort_keys=True, separators=(",", ":"))
+        """The validated card as JSON with sorted keys (inf written as ``Infinity``).
+
+        Optional tables added after the v2 cards (``galaxy.sersic``) are left out when absent,
+        so that the hash of every earlier card is unchanged."""
+        data = json.loads(self.model_dump_json())
+        if data["galaxy"].get("sersic") is None:
+            data["galaxy"].pop("sersic", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def cards_dir() -> Path:

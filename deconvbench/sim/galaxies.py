@@ -12,7 +12,9 @@ need multi-GB FFTs); it is always convolved with a PSF first.
 Profiles (each draws its own columns from its own random stream, see
 :mod:`deconvbench.sim.registry`): ``exponential``, ``gaussian``, ``devaucouleurs``
 (truncated), ``bulge+disk`` (exponential disk + truncated de Vaucouleurs bulge),
-``disk+knots`` (exponential disk + ``galsim.RandomKnots`` star-forming knots).
+``disk+knots`` (exponential disk + ``galsim.RandomKnots`` star-forming knots),
+``sersic`` (truncated Sérsic profile of index n; flux and half-light radius are those of
+the truncated profile, GalSim's ``flux_untruncated=False``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ BULGE_HLR = Param("gal_bulge_hlr_arcsec", "f8", "arcsec", "half-light radius of 
 KNOTS_N = Param("gal_knots_n", "i4", "", "number of RandomKnots point sources")
 KNOTS_FRACTION = Param("gal_knots_flux_fraction", "f8", "", "fraction of the flux in the knots")
 KNOTS_SEED = Param("gal_knots_seed", "u8", "", "seed of the knots' positions (galsim.BaseDeviate)")
+SERSIC_N = Param("gal_sersic_n", "f8", "", "Sérsic index n (rounded to the card's sersic.index_step)")
+SERSIC_TRUNC = Param(
+    "gal_sersic_trunc_arcsec",
+    "f8",
+    "arcsec",
+    "truncation radius of the Sérsic profile (flux, hlr of the truncated one)",
+)
 
 
 def _no_draw(rng, spec, base) -> dict:
@@ -69,6 +78,29 @@ def _draw_disk_knots(rng, spec, base) -> dict:
     }
 
 
+def sersic_index(rng: np.random.Generator, spec) -> float:
+    """Sérsic index: log-normal ``spec.index`` (truncated to its [min, max]), rounded to a
+    multiple of ``spec.index_step`` and kept inside [min, max]."""
+    dist = spec.index
+    for _ in range(100):
+        n = float(np.exp(rng.normal(math.log(dist.median), dist.sigma)))
+        if dist.min <= n <= dist.max:
+            break
+    else:
+        n = dist.median
+    if spec.index_step > 0:
+        n = round(n / spec.index_step) * spec.index_step
+        n = min(max(n, dist.min), dist.max)
+    return round(n, 9)
+
+
+def _draw_sersic(rng, spec, base) -> dict:
+    return {
+        "gal_sersic_n": sersic_index(rng, spec.sersic),
+        "gal_sersic_trunc_arcsec": spec.sersic.trunc_factor * base["gal_hlr_arcsec"],
+    }
+
+
 def _exponential(row, gsp):
     return galsim.Exponential(half_light_radius=float(row["gal_hlr_arcsec"]), flux=float(row["gal_flux"]), gsparams=gsp)
 
@@ -85,6 +117,29 @@ def truncated_devaucouleurs(hlr: float, trunc: float, flux: float, gsp: galsim.G
     recomputing it (tens of ms) for each size."""
     ratio = round(trunc / hlr, 9)
     return galsim.DeVaucouleurs(half_light_radius=1.0, trunc=ratio, flux=flux, gsparams=gsp).dilate(hlr)
+
+
+def truncated_sersic(n: float, hlr: float, trunc: float, flux: float, gsp: galsim.GSParams) -> galsim.GSObject:
+    """Sérsic profile of index ``n`` and half-light radius ``hlr`` truncated at ``trunc``
+    (arcsec); ``flux`` and ``hlr`` are those of the truncated profile.
+
+    Built at unit size and dilated by ``hlr``, so GalSim reuses one radial table per
+    (n, trunc/hlr) instead of recomputing it for each size (see
+    :func:`truncated_devaucouleurs`)."""
+    ratio = round(trunc / hlr, 9)
+    return galsim.Sersic(n, half_light_radius=1.0, trunc=ratio, flux=flux, flux_untruncated=False, gsparams=gsp).dilate(
+        hlr
+    )
+
+
+def _sersic(row, gsp):
+    return truncated_sersic(
+        float(row["gal_sersic_n"]),
+        float(row["gal_hlr_arcsec"]),
+        float(row["gal_sersic_trunc_arcsec"]),
+        float(row["gal_flux"]),
+        gsp,
+    )
 
 
 def _devaucouleurs(row, gsp):
@@ -119,6 +174,7 @@ for _component in (
     Component("galaxy", "devaucouleurs", (TRUNC,), _draw_devaucouleurs, _devaucouleurs),
     Component("galaxy", "bulge+disk", (BULGE_FRACTION, BULGE_HLR, TRUNC), _draw_bulge_disk, _bulge_disk),
     Component("galaxy", "disk+knots", (KNOTS_N, KNOTS_FRACTION, KNOTS_SEED), _draw_disk_knots, _disk_knots),
+    Component("galaxy", "sersic", (SERSIC_N, SERSIC_TRUNC), _draw_sersic, _sersic),
 ):
     register(_component)
 

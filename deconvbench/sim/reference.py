@@ -48,6 +48,26 @@ def draw_reference(
     return image.array.astype(np.float64)
 
 
+def convolve_with_galaxy(row, scale: float, others: list, tight: galsim.GSParams, fallback: galsim.GSParams) -> list:
+    """``galaxy ⊗ other`` for each of ``others``, every part at GalSim settings ``tight``.
+
+    GalSim cannot integrate the maxk of truncated Sérsic profiles of high index (n ≳ 4) to
+    1e-7 of the flux ("Roundoff error ... in intGKP"). Such a galaxy is built with
+    ``fallback`` (the fast renderer's 1e-5), and the convolutions keep it there
+    (``propagate_gsparams=False``; ``others`` are still at ``tight``). Its maxk then lies far
+    beyond the other profiles' (checked), so each product is still cut by the PSF alone."""
+    galaxy = build_galaxy(row, scale, tight)
+    try:
+        _ = galaxy.maxk
+    except RuntimeError:
+        galaxy = build_galaxy(row, scale, fallback)
+        others = [other.withGSParams(tight) for other in others]
+        if galaxy.maxk < max(other.maxk for other in others):
+            raise
+        return [galsim.Convolve([galaxy, other], propagate_gsparams=False) for other in others]
+    return [galsim.Convolve([galaxy, other]) for other in others]
+
+
 def reference_stamps(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarray]:
     """``noiseless``, ``truth`` and ``psf`` (float64) of ``rows`` (one PSF: ``rows[0]``'s)."""
     from .render import gsparams, kgrid, target_psf
@@ -65,8 +85,8 @@ def reference_stamps(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarra
     # GalSim cuts a convolution at the smallest maxk of its parts.
     galaxy_gsp = gsp.withParams(maxk_threshold=1e-7)
     for row in rows:
-        galaxy = build_galaxy(row, scale, galaxy_gsp)
-        out["noiseless"].append(draw_reference(galsim.Convolve([galaxy, psf]), n, scale, method, draw_gsp))
-        out["truth"].append(draw_reference(galsim.Convolve([galaxy, target]), n, scale, "auto", draw_gsp))
+        noiseless, truth = convolve_with_galaxy(row, scale, [psf, target], galaxy_gsp, gsp)
+        out["noiseless"].append(draw_reference(noiseless, n, scale, method, draw_gsp))
+        out["truth"].append(draw_reference(truth, n, scale, "auto", draw_gsp))
         out["psf"].append(psf_image)
     return {key: np.stack(value) for key, value in out.items()}
