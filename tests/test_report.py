@@ -32,12 +32,13 @@ CLI = [sys.executable, "-m", "deconvbench.cli"]
 def test_sections_of_the_committed_results():
     sections = load_sections(REPO / "results")
     assert [s.title for s in sections] == [
+        "cosmos-v2 v2 — test",
         "ground-v2 v2 — test",
         "space-v2 v2 — test",
         "metacal-v2 v2 — metacal splits leakage, noiseless, snr20, snr50",
     ]
-    assert [len(s.results) for s in sections] == [6, 4, 17]
-    ground, _, metacal = sections
+    assert [len(s.results) for s in sections] == [5, 6, 4, 17]
+    _, ground, _, metacal = sections
     wiener = json.loads((REPO / "results" / "ground-v2-v2_test_wiener.json").read_text())
     nmse = metric_series(ground, "nmse")
     assert [label for label, _ in nmse["wiener"]] == ["10", "20", "40", "80", "200", "noiseless"]
@@ -53,7 +54,7 @@ def test_pareto_front():
     points = [(100.0, 1.0), (1000.0, 2.0), (10.0, 0.5), (50.0, 3.0), (1000.0, 5.0), (10.0, 0.5)]
     # (50, 3) is dominated by (100, 1); (1000, 5) by (1000, 2); the two equal points are both kept
     assert pareto_front(points) == [2, 5, 0, 1]
-    ground = load_sections(REPO / "results")[0]
+    ground = load_sections(REPO / "results")[1]
     pts = speed_points(ground)
     front = [pts[i]["method"] for i in pareto_front([(p["speed"], p["error"]) for p in pts])]
     assert front == ["deconvnet-torch", "richardson-lucy", "wiener"]
@@ -68,12 +69,12 @@ def test_pick_stamps_spreads_over_snr_levels():
 
 def test_report_from_committed_results_without_gallery(tmp_path):
     made = build_report(REPO / "results", tmp_path / "a", gallery=False)
-    assert made.sections == 3 and len(made.figures) == 7
+    assert made.sections == 4 and len(made.figures) == 9
     page = made.path.read_text()
-    assert page.count('<img alt="') == 7 and page.count("data:image/png;base64,") == 7
+    assert page.count('<img alt="') == 9 and page.count("data:image/png;base64,") == 9
     for path in (REPO / "results").glob("*.json"):
         assert path.name in page
-    assert page.count("<h3>Failures</h3>") == 3 and "Pareto front" in page
+    assert page.count("<h3>Failures</h3>") == 4 and "Pareto front" in page
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in made.figures)
 
 
