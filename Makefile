@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Every committed result file, leaderboard.md and leaderboard.html, from scratch (generates
-# ground-v2/test, space-v2/test and the metacal-v2 prefixes, runs every method, submits).
+# ground-v2/test, space-v2/test, cosmos-v2/test and the metacal-v2 prefixes, runs every method, submits).
 # Metacal runs use the published 2000-stamp prefix of each metacal-v2 split (image metrics
 # of every stamp cost ~30 ms on 2 cores; the precision test of m is `deconvbench bias`).
 # RESULTS_FLAGS (e.g. --resume) is passed to every run.
@@ -37,6 +37,7 @@ RUN := $(BIN)/deconvbench run --out out/results -j 2 $(RESULTS_FLAGS)
 results: install
 	$(RUN) $(METHODS_ALL) $(METHODS_NET) --dataset ground-v2 --split test
 	$(RUN) $(METHODS_ALL) --dataset space-v2 --split test
+	$(RUN) $(METHODS_ALL) --method deconvnet-torch --dataset cosmos-v2 --split test
 	$(RUN) --method fft --method wiener --metacal --dataset metacal-v2 --n 2000
 	$(RUN) --method galsim-mcal --method deconvnet-torch --metacal --dataset metacal-v2 --n 2000
 	$(BIN)/deconvbench run -j 2 $(RESULTS_FLAGS) --method fft --metacal --fixnoise --dataset metacal-v2 --split snr50 --n 2000 \
