@@ -23,13 +23,7 @@ def main(n_groups: int = 256) -> None:
 
     card = load_card("metacal-offsets")
     arrays = render_groups(card, "noiseless", 0, n_groups)
-    batch = Batch(
-        observed=arrays["observed"].astype(np.float64),
-        psf=arrays["psf"].astype(np.float64),
-        noise_sigma=arrays["noise_sigma"],
-        pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-        target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
-    )
+    batch = Batch.from_rendered(arrays, card)
     fft = load_method("fft")
     estimate = fft.deconvolve(batch)
     ok = np.ones(len(estimate), dtype=bool)

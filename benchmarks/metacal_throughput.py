@@ -15,8 +15,6 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
-
 
 def _best(fn, repeats: int) -> float:
     best = float("inf")
@@ -38,13 +36,7 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
 
     card = load_card("metacal-offsets")
     arrays = render_groups(card, "snr50", 0, n_batched // 4)
-    batch = Batch(
-        observed=arrays["observed"].astype(np.float64),
-        psf=arrays["psf"].astype(np.float64),
-        noise_sigma=arrays["noise_sigma"],
-        pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-        target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
-    )
+    batch = Batch.from_rendered(arrays, card)
     small = Batch(
         observed=batch.observed[:n_galsim],
         psf=batch.psf[:n_galsim],

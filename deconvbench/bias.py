@@ -289,13 +289,7 @@ def bias_chunk(task: BiasTask) -> ChunkSums:
     arrays = render_groups(card, task.split, first, count)
     params = arrays["params"]
     t_render = time.perf_counter() - t0
-    batch = Batch(
-        observed=arrays["observed"].astype(np.float64),
-        psf=arrays["psf"].astype(np.float64),
-        noise_sigma=arrays["noise_sigma"],
-        pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
-        target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
-    )
+    batch = Batch.from_rendered(arrays, card)
     t1 = time.perf_counter()
     estimate = None if hasattr(method, "metacal_images") else _deconvolve(method, batch, first)
     nonfinite = 0 if estimate is None else int((~np.isfinite(estimate).all(axis=(1, 2))).sum())

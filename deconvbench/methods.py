@@ -60,6 +60,18 @@ class Batch:
     pixel_scale_arcsec: float
     target_fwhm_arcsec: float
 
+    @classmethod
+    def from_rendered(cls, arrays: dict[str, np.ndarray], card) -> Batch:
+        """A float64 batch from the generator's arrays (``observed``, ``psf``, ``noise_sigma``)
+        of stamps rendered from ``card`` (a :class:`~deconvbench.cards.DatasetCard`)."""
+        return cls(
+            observed=arrays["observed"].astype(np.float64),
+            psf=arrays["psf"].astype(np.float64),
+            noise_sigma=arrays["noise_sigma"],
+            pixel_scale_arcsec=card.stamp.pixel_scale_arcsec,
+            target_fwhm_arcsec=card.stamp.target_psf_fwhm_arcsec,
+        )
+
     @property
     def size(self) -> int:
         return int(self.observed.shape[0])
