@@ -117,3 +117,17 @@ def executor_spec(executor: str, workers: int, scheduler: str | None, scheduler_
     if kind == "inline" and (scheduler or scheduler_file):
         spec = ExecutorSpec("local", workers, scheduler, scheduler_file, blas_threads)  # names the bad option
     return spec.validate()
+
+
+def metacal_config(estimator: str, fixnoise: bool, device: str | None):
+    """The :class:`~deconvbench.metacal.measure.MetacalConfig` of the command's options; a bad
+    value, or a ``--device`` whose JAX backend is missing, is a one-line error before any work."""
+    from ..metacal.measure import MetacalConfig, jax_route
+
+    try:
+        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
+    except (KeyError, ValueError) as exc:
+        raise UsageError(str(exc).strip("'\"")) from None
+    if device is not None:
+        jax_route(device)
+    return config

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UsageError
 from . import app
 from ._common import (
     BLAS_THREADS_OPTION,
@@ -16,6 +15,7 @@ from ._common import (
     WORKERS_OPTION,
     command_line,
     executor_spec,
+    metacal_config,
     progress_task,
 )
 
@@ -43,19 +43,11 @@ def bias_command(
     """Streaming m, c, alpha with bootstrap errors: render, deconvolve, metacal, sum (resumable)."""
     from ..bias import run_bias
     from ..cards import load_card
-    from ..metacal.measure import MetacalConfig
     from ..methods import load_method
     from ..tables import bias_table
 
     spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
-    try:
-        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
-    except (KeyError, ValueError) as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
-    if device is not None:
-        from ..metacal.measure import jax_route
-
-        jax_route(device)  # a missing backend is one line here, before any work
+    config = metacal_config(estimator, fixnoise, device)
     card_obj = load_card(card)
     card_obj.split(split)
     suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")

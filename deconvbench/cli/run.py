@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._common import command_line, note, parse_options, progress_task, warn
+from ._common import command_line, metacal_config, note, parse_options, progress_task, warn
 
 
 @app.command()
@@ -59,16 +59,7 @@ def run(
         raise UsageError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
     mcal_config = None
     if metacal:
-        from ..metacal.measure import MetacalConfig
-
-        try:
-            mcal_config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
-        except (KeyError, ValueError) as exc:
-            raise UsageError(str(exc).strip("\"'")) from None
-        if device is not None:
-            from ..metacal.measure import jax_route
-
-            jax_route(device)  # a missing backend is one line here, before any work
+        mcal_config = metacal_config(estimator, fixnoise, device)
     elif fixnoise or estimator != "wmom" or device is not None:
         raise UsageError("--estimator, --fixnoise and --device apply to --metacal runs only")
     if n is not None and n < 1:
