@@ -135,7 +135,15 @@ def metacal_kernel_bases(
     if xp is np:
         sig, inverse = np.unique(np.asarray(reconv_sigma_pixels, dtype=np.float64), return_inverse=True)
         a = (sig**2 + weight_sigma_pixels**2).astype(spectrum.real.dtype)
-        gauss = np.exp(-0.5 * a[None, :, None, None] * ksq[:, None])[:, inverse.reshape(-1)]
+        gauss = np.exp(-0.5 * a[None, :, None, None] * ksq[:, None])  # (T, U, rows, cols)
+        inverse = inverse.reshape(-1)
+        if 8 * len(sig) > len(inverse):  # mostly distinct PSFs: one broadcast product
+            return spectrum[None] * gauss[:, inverse]
+        out = np.empty((len(mats),) + spectrum.shape, dtype=np.result_type(spectrum, gauss))
+        for u in range(len(sig)):  # few distinct PSFs: no (T, B, ...) copy of the Gaussians
+            members = np.flatnonzero(inverse == u)
+            out[:, members] = spectrum[members][None] * gauss[:, u, None]
+        return out
     else:
         a = xp.asarray(reconv_sigma_pixels, dtype=spectrum.real.dtype) ** 2 + weight_sigma_pixels**2
         gauss = xp.exp(-0.5 * a[None, :, None, None] * ksq[:, None])
@@ -180,6 +188,19 @@ def fourier_round_weight_sums(bases, matrices, centres, size: int, weight_sigma_
         norm * (s2 * u00.real - s2 * s2 * kyy.real),
         -norm * s2 * s2 * kxy.real,
     )
+
+
+def _waves(types: tuple, step: float) -> list[list[int]]:
+    """Indices of ``types`` in the order they are measured: noshear alone; then the sheared
+    types whose opposite shear comes later (sorted by name); then those opposites, which
+    start from the first ones' residuals. Without noshear: one wave, no seeding."""
+    shears = [metacal_shear(t, step) for t in types]
+    if "noshear" not in types:
+        return [sorted(range(len(types)), key=lambda i: types[i])]
+    first = types.index("noshear")
+    rest = sorted((i for i in range(len(types)) if i != first), key=lambda i: types[i])
+    leading = [i for n, i in enumerate(rest) if (-shears[i][0], -shears[i][1]) not in {shears[j] for j in rest[:n]}]
+    return [w for w in ([first], leading, [i for i in rest if i not in leading]) if w]
 
 
 def type_matrices(types, step: float) -> np.ndarray:
@@ -245,50 +266,79 @@ def metacal_wmom(
         finite &= np.isfinite(noise_spectrum).all(axis=(1, 2))
     band = kernel_band(size, float(np.min(sigma_g[finite], initial=np.inf)) ** 2 + sigma_w**2, mats)
     spectrum = spectrum[:, band[0]][:, :, band[1]]
+    centre = float(stamp_size // 2)
+    waves = _waves(types, step)
+    perm = [i for wave in waves for i in wave]
+    mats = mats[perm]  # bases in wave order: each wave is one contiguous (k·B, rows, cols) view
     bases = metacal_kernel_bases(spectrum, size, sigma_g, sigma_w, mats, band=band)  # (T, B, rows, cols)
     noise_bases = None
     if noise_spectrum is not None:
         noise = np.asarray(noise_spectrum)[:, band[0]][:, :, band[1]]
         noise_bases = metacal_kernel_bases(noise, size, sigma_g, sigma_w, mats, band=band)
-    centre = float(stamp_size // 2)
     out: dict[str, dict[str, np.ndarray]] = {}
     seed = None
     residual: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
     # noshear first; each sheared image starts from the noshear centre moved by its shear
     # (S c about the stamp centre), and a −step image also from the +step image's residual
-    # (c₊ − S₊c₀ is odd in the step to first order): the same fixed point in fewer iterations
-    order = sorted(range(len(types)), key=lambda i: (types[i] != "noshear", types[i]))
-    for i in order:
-        start = None
-        g = metacal_shear(types[i], step)
-        if seed is not None:
-            shear = np.linalg.inv(mats[i].T)  # S = (Lᵀ)⁻¹
+    # (c₊ − S₊c₀ is odd in the step to first order): the same fixed point in fewer
+    # iterations. The types of a wave iterate together (one batched product per iteration).
+    lo = 0
+    for wave in waves:
+        k, hi = len(wave), lo + len(wave)
+        starts = []
+        for j, i in enumerate(wave):
+            if seed is None:
+                starts = None
+                break
+            g = metacal_shear(types[i], step)
+            shear = np.linalg.inv(mats[lo + j].T)  # S = (Lᵀ)⁻¹
             moved = (shear[0, 0] * seed[0] + shear[0, 1] * seed[1], shear[1, 0] * seed[0] + shear[1, 1] * seed[1])
             dx, dy = residual.get((-g[0], -g[1]), (0.0, 0.0))
-            start = (centre + moved[0] - np.nan_to_num(dx), centre + moved[1] - np.nan_to_num(dy))
-        matrix = np.broadcast_to(mats[i], (b, 2, 2))
+            starts.append((centre + moved[0] - np.nan_to_num(dx), centre + moved[1] - np.nan_to_num(dy)))
+        start = (
+            None
+            if starts is None
+            else tuple(np.concatenate([np.broadcast_to(s[c], (b,)) for s in starts]) for c in (0, 1))
+        )
+        wave_bases = bases[lo:hi].reshape((k * b,) + bases.shape[2:])
+        wave_noise = None if noise_bases is None else noise_bases[lo:hi].reshape(wave_bases.shape)
+        matrix = np.repeat(mats[lo:hi], b, axis=0)
 
-        def sums_fn(active, cx, cy, i=i, matrix=matrix):
+        def sums_fn(active, cx, cy, wave_bases=wave_bases, wave_noise=wave_noise, matrix=matrix):
             centres = np.stack([cx - centre, cy - centre], axis=-1)
-            every = len(active) == b
-            part = bases[i] if every else bases[i][active]
-            sums = fourier_round_weight_sums(part, matrix[: len(active)], centres, size, sigma_w, band=band)
-            if noise_bases is None:
+            every = len(active) == len(matrix)
+            part = wave_bases if every else wave_bases[active]
+            mat = matrix if every else matrix[active]
+            sums = fourier_round_weight_sums(part, mat, centres, size, sigma_w, band=band)
+            if wave_noise is None:
                 return sums
-            part = noise_bases[i] if every else noise_bases[i][active]
+            part = wave_noise if every else wave_noise[active]
             noise_centres = rotated_quarter_turn_centres(centres, stamp_size)
-            noise = fourier_round_weight_sums(part, matrix[: len(active)], noise_centres, size, sigma_w, band=band)
+            noise = fourier_round_weight_sums(part, mat, noise_centres, size, sigma_w, band=band)
             return tuple(d + r for d, r in zip(sums, rotated_quarter_turn_sums(noise), strict=True))
 
-        res = recentred_round_weight(
-            sums_fn, finite, centre, centre, sigma_w, max_iter=max_iter, tol=tol, max_shift=max_shift, start=start
+        both = recentred_round_weight(
+            sums_fn,
+            np.tile(finite, k),
+            centre,
+            centre,
+            sigma_w,
+            max_iter=max_iter,
+            tol=tol,
+            max_shift=max_shift,
+            start=start,
         )
-        if types[i] == "noshear":
-            seed = (res["x"] - centre, res["y"] - centre)
-        elif start is not None:
-            residual[g] = (
-                res["x"] - start[0] + np.nan_to_num(residual.get((-g[0], -g[1]), (0.0, 0.0))[0]),
-                res["y"] - start[1] + np.nan_to_num(residual.get((-g[0], -g[1]), (0.0, 0.0))[1]),
-            )
-        out[types[i]] = _to_estimate(res, pixel_scale, res["flux"])
+        for j, i in enumerate(wave):
+            res = {key: value[j * b : (j + 1) * b] for key, value in both.items()}
+            g = metacal_shear(types[i], step)
+            if types[i] == "noshear":
+                seed = (res["x"] - centre, res["y"] - centre)
+            elif starts is not None:
+                prior = residual.get((-g[0], -g[1]), (0.0, 0.0))
+                residual[g] = (
+                    res["x"] - starts[j][0] + np.nan_to_num(prior[0]),
+                    res["y"] - starts[j][1] + np.nan_to_num(prior[1]),
+                )
+            out[types[i]] = _to_estimate(res, pixel_scale, res["flux"])
+        lo = hi
     return {mtype: out[mtype] for mtype in types}
