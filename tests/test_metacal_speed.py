@@ -115,3 +115,34 @@ def test_kernel_band_leaves_the_measurement_unchanged(smoke_metacal_snr50_file, 
     sigma_g = np.min(reconv) / fw.FWHM_PER_SIGMA / pixel
     rows, cols = fw.kernel_band(48, sigma_g**2 + sigma_w**2, fw.type_matrices(METACAL_TYPES, 0.01))
     assert (len(rows), len(cols)) == (45, 23)  # of 48 × 25 (smoke-metacal's narrowest Γ)
+
+
+def _bias_result(split: str, fixnoise: bool, m: float) -> dict:
+    return {
+        "method": {"name": "fft"},
+        "dataset": {"split": split, "n": 4000},
+        "metacal": {"fixnoise": fixnoise, "m": m, "m_err": 4.6e-3, "c": 1e-4, "c_err": 2e-4, "m_floor_truth": 9e-5},
+        "throughput": {"stream_seconds": 254.2},
+        "peak_memory_mb": 812.4,
+    }
+
+
+def test_precision_table_commands_and_rows(tmp_path, capsys):
+    import json
+
+    from benchmarks import metacal_precision_table as table
+
+    lines = table.commands(4000)
+    assert len(lines) == 6 and sum("--fixnoise" in line for line in lines) == 3
+    assert lines[0].startswith("deconvbench bias --method fft --card metacal-offsets --split snr20 --n 4000")
+    paths = []
+    for i, (split, fixnoise) in enumerate([("snr50", True), ("snr20", False), ("snr50", False)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(_bias_result(split, fixnoise, 0.0107 + i)))
+    rows = table.table([str(p) for p in paths]).splitlines()[2:]
+    assert [r.split("|")[2:4] for r in rows] == [[" snr20 ", " no "], [" snr50 ", " no "], [" snr50 ", " yes "]]
+    assert "| +1.07e-02 | 4.6e-03 |" in rows[2] and rows[2].endswith("| 254 | 812 |")
+    assert table.main(["table", str(tmp_path / "missing.json")]) == 2
+    assert table.main(["nonsense"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[1].startswith("usage:")
