@@ -208,12 +208,12 @@ def type_matrices(types, step: float) -> np.ndarray:
     return np.stack([inverse_transpose(*metacal_shear(t, step)) for t in types])
 
 
-def rotated_quarter_turn_centres(centres, stamp_size: int):
+def rotated_quarter_turn_centres(centres, stamp_size: int, xp=np):
     """Weight centres ``(A, 2)`` (x, y, pixels from the stamp centre n//2) on an image
     ``np.rot90(a, -1)`` → the same weight's centres on ``a`` (``out[i, j] = a[n−1−j, i]``:
     ``x_a = y``, ``y_a = n − 1 − x``)."""
     centre = stamp_size // 2
-    return np.stack([centres[:, 1], (stamp_size - 1 - 2 * centre) - centres[:, 0]], axis=-1)
+    return xp.stack([centres[:, 1], (stamp_size - 1 - 2 * centre) - centres[:, 0]], axis=-1)
 
 
 def rotated_quarter_turn_sums(sums):

@@ -208,14 +208,19 @@ def measure_deconvolved(
     """The metacal measurement of deconvolved stamps ``D ≈ galaxy ⊗ T`` (B, n, n) for Γ of
     FWHM ``reconv`` (arcsec, (B,)): by the Fourier route for wmom (``config.route``), else
     by metacal images + estimator. ``noise_deconvolved``: the fixnoise fields from
-    :func:`fixnoise_deconvolved` (their metacal images, rotated back, are added; with a JAX
-    ``device`` this runs on the numpy Fourier route). Returns the dict of
-    :func:`measure_images`."""
+    :func:`fixnoise_deconvolved` (their metacal images, rotated back, are added). Returns
+    the dict of :func:`measure_images`."""
     deconvolved = np.asarray(deconvolved, dtype=np.float64)
     fourier = config.route == "fourier" and config.estimator == "wmom"
-    if fourier and config.device is not None and noise_deconvolved is None:
+    if fourier and config.device is not None:
         results = jax_route(config.device).wmom(
-            deconvolved, pixel_scale, target_fwhm_arcsec, reconv, step=config.step, pad_factor=config.fourier_pad_factor
+            deconvolved,
+            pixel_scale,
+            target_fwhm_arcsec,
+            reconv,
+            step=config.step,
+            pad_factor=config.fourier_pad_factor,
+            noise_deconvolved=noise_deconvolved,
         )
         return combine_measurements(results, config.step)
     if fourier:
