@@ -16,7 +16,11 @@ exp(−σ_w²|k|²/2)``, ``(w dx)~ = −iσ_w² k_x w̃``, ``(w dx²)~ = σ_w²(
 of the padded stamp (``du = (2π/N)²``, pixel units), with the phase ``exp(i u·c')``
 separable in ``(u_x, u_y)``: each centring iteration is two small batched matrix products
 per stamp and shear (:func:`fourier_round_weight_sums`). No shear is applied to any
-image and no inverse FFT is taken.
+image and no inverse FFT is taken. The sums run over the rows and columns where the
+kernel's Gaussian exceeds 1e-16 of its peak (:func:`kernel_band`), and the types that can
+iterate together do (noshear; then 1m and 2m; then 1p and 2p, each seeded as below). The
+fixnoise term (ngmix's order) enters as a second spectrum whose sums, about the rotated
+centre, are rotated and added (:func:`metacal_wmom`).
 
 Where it differs from the image route (``metacal_images`` + ``wmom``), measured: the
 sum over pixel centres equals the integral up to aliasing terms of relative size
