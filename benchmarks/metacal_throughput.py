@@ -1,16 +1,19 @@
-"""Metacal throughput table from one run: fft + metacal + wmom (Fourier route, image route,
-JAX) against galsim-mcal on the same stamps, the FFT floors, and where the time goes.
+"""Metacal throughput table from one run: fft + metacal + wmom (Fourier route in float64
+and with float32 FFTs, with and without fixnoise, image route, JAX) against galsim-mcal on
+the same stamps, the FFT floors, and where the time goes.
 
     python -m benchmarks.metacal_throughput [N_BATCHED] [N_GALSIM] [REPEATS]
 
 (not an asv benchmark: asv only imports this module). Stamps: the first N of
 metacal-offsets/snr50, rendered in memory by the generator. Every row runs the harness's
 metacal flow on the same stamps (deconvolve, PSF fit, the five measurements, response);
-each timing is the best of REPEATS runs (default 3), back to back in one process.
+each timing is the best of REPEATS runs (default 3), back to back in one process. The
+load average of the machine is printed before and after (other processes share the cores).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +29,8 @@ def _best(fn, repeats: int) -> float:
 
 
 def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
+    import numpy as np
+
     from deconvbench import fourier as F
     from deconvbench.bias import render_groups
     from deconvbench.cards import load_card
@@ -46,32 +51,26 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     )
     config = MetacalConfig()
     image_config = replace(config, route="image")
-    fft, galsim_mcal = load_method("fft"), load_method("galsim-mcal")
+    fixnoise = replace(config, fixnoise=True)
+    seeds = arrays["params"]["noise_seed"]
+    fft, fft32 = load_method("fft"), load_method("fft", precision="float32")
+    galsim_mcal = load_method("galsim-mcal")
     pixel, target, n = batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, card.stamp.size
 
+    def flow(method, cfg):
+        return lambda: measure_batch(method, batch, method.deconvolve(batch), cfg, noise_seed=seeds)
+
     runs = [
-        (
-            "fft + metacal + wmom, Fourier route",
-            lambda: measure_batch(fft, batch, fft.deconvolve(batch), config),
-            n_batched,
-        ),
-        (
-            "fft + metacal + wmom, image route",
-            lambda: measure_batch(fft, batch, fft.deconvolve(batch), image_config),
-            n_batched,
-        ),
+        ("fft + metacal + wmom, Fourier route", flow(fft, config), n_batched),
+        ("fft float32 + metacal + wmom, Fourier route", flow(fft32, config), n_batched),
+        ("fft + metacal + wmom + fixnoise, Fourier route", flow(fft, fixnoise), n_batched),
+        ("fft float32 + metacal + wmom + fixnoise, Fourier", flow(fft32, fixnoise), n_batched),
+        ("fft + metacal + wmom, image route", flow(fft, image_config), n_batched),
     ]
     try:
         import jax  # noqa: F401
 
-        jax_config = replace(config, device="cpu")
-        runs.append(
-            (
-                "fft + metacal + wmom, JAX route (cpu)",
-                lambda: measure_batch(fft, batch, fft.deconvolve(batch), jax_config),
-                n_batched,
-            )
-        )
+        runs.append(("fft + metacal + wmom, JAX route (cpu)", flow(fft, replace(config, device="cpu")), n_batched))
     except ImportError:
         pass
     runs.append(("galsim-mcal + wmom", lambda: measure_batch(galsim_mcal, small, None, config), n_galsim))
@@ -80,6 +79,7 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     old_padded = F.pad_centered(batch.observed, old)
     deconv = F.padded_size(n, fft.pad_factor)
     deconv_padded = F.pad_centered(batch.observed, deconv)
+    observed = F.as_stack(batch.observed)
 
     def old_floor():
         spec = F.rfft2(old_padded)
@@ -88,22 +88,29 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
 
     def route_floor():
         F.irfft2(F.rfft2(deconv_padded), deconv)
-        F.rfft2(batch.observed)
+        F.rfft2(observed)
+
+    def route_floor_pruned32():
+        F.irfft2_cropped(F.rfft2_padded(observed, deconv, dtype=np.float32), deconv, n)
+        F.rfft2(observed)
 
     floors = [
         (f"FFT floor, image route (1 rfft2 + 5 irfft2 of {old}²)", old_floor),
         (f"FFT floor, Fourier route (rfft2 + irfft2 of {deconv}², rfft2 of {n}²)", route_floor),
+        (f"  same, pruned {deconv}² FFTs in float32", route_floor_pruned32),
     ]
     estimate = fft.deconvolve(batch)
     reconv = reconv_fwhm(batch.psf, pixel)
     spectrum = galaxy_spectrum(estimate, pixel, target)
     parts = [
         ("  deconvolution (fft)", lambda: fft.deconvolve(batch)),
+        ("  deconvolution (fft, float32)", lambda: fft32.deconvolve(batch)),
         ("  PSF fit (fitgauss, once per distinct PSF)", lambda: reconv_fwhm(batch.psf, pixel)),
         ("  galaxy spectrum (rfft2 of D, /T~)", lambda: galaxy_spectrum(estimate, pixel, target)),
         ("  five wmom in Fourier space", lambda: metacal_wmom(spectrum, n, pixel, reconv)),
     ]
 
+    load_before = os.getloadavg()
     for _, fn, _ in runs:  # warm caches (and JIT)
         fn()
     rows = [
@@ -114,21 +121,23 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
         for name, fn in floors + parts
         for seconds in [_best(fn, repeats)]
     ]
+    load_after = os.getloadavg()
     print(
         f'{n_batched} stamps of metacal-offsets/snr50 ({n}², {pixel}"/px); galsim-mcal on the first {n_galsim}; '
-        f"best of {repeats}"
+        f"best of {repeats}; {os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after"
     )
     for name, rate, ms in rows:
         print(f"{name:62s} {rate:10.1f} gal/s {ms:9.4f} ms/gal")
     by_name = {name: (rate, ms) for name, rate, ms in rows}
-    fast = by_name["fft + metacal + wmom, Fourier route"]
-    image = by_name["fft + metacal + wmom, image route"]
     galsim = by_name["galsim-mcal + wmom"]
     floor = by_name[floors[1][0]]
-    print(
-        f"Fourier route / galsim-mcal: {fast[0] / galsim[0]:.1f}x; Fourier / image route: {fast[0] / image[0]:.1f}x; "
-        f"Fourier route ms/gal / its FFT floor: {fast[1] / floor[1]:.1f}x"
-    )
+    for name in ("fft + metacal + wmom, Fourier route", "fft float32 + metacal + wmom, Fourier route"):
+        rate, ms = by_name[name]
+        print(
+            f"{name}: {rate:.0f} gal/s = {rate / galsim[0]:.1f}x galsim-mcal ({galsim[0]:.1f} gal/s); "
+            f"{ms:.3f} ms/gal = {ms / floor[1]:.2f}x the FFT floor ({floor[1]:.3f} ms/gal)"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ converged or failed (numpy carries an active set). Input and output are numpy ar
 deconvolved stamps ``(B, n, n)`` and Γ's FWHM (arcsec) per stamp in, the per-stamp
 measurement dict of :func:`deconvbench.metacal.measure.combine_measurements` out; the
 work in between (rfft2, division by the target, five sets of Fourier inner products,
-iterations) stays on the device. Float64 throughout (``jax.enable_x64``, scoped to these
+iterations; with fixnoise the deconvolved noise fields' spectrum too) stays on the device.
+Float64 throughout (``jax.enable_x64``, scoped to these
 calls), so results equal the numpy route to ~1e-12 (tested to 1e-6).
 
 JAX is an optional dependency (extra ``[jax]``): importing this module without it raises
@@ -36,7 +37,13 @@ from ..moments import (
     newton_recentre_step,
 )
 from .estimators import WMOM_WEIGHT_FWHM_ARCSEC, _to_estimate
-from .fourier_wmom import fourier_round_weight_sums, metacal_kernel_bases, type_matrices
+from .fourier_wmom import (
+    fourier_round_weight_sums,
+    metacal_kernel_bases,
+    rotated_quarter_turn_centres,
+    rotated_quarter_turn_sums,
+    type_matrices,
+)
 from .shear_ops import METACAL_TYPES, metacal_shear
 
 DEVICES = ("cpu", "gpu")
@@ -59,13 +66,28 @@ def jax_device(name: str):
         ) from None
 
 
-def _iterate(bases, mats, start, size: int, sigma_w: float, max_iter: int, tol: float, max_shift: float):
+def _iterate(
+    bases, mats, start, size: int, sigma_w: float, max_iter: int, tol: float, max_shift: float, noise=None, n=None
+):
     """The wmom centring of :func:`deconvbench.moments.recentred_round_weight` with fixed
     shapes: ``bases`` (A, N, Nh), ``mats`` (A, 2, 2), ``start`` (A, 2) centres (pixels from
-    the stamp centre). Returns (centres (A, 2), sums (6, A), flags (A,), active (A,))."""
+    the stamp centre); ``noise``: the fixnoise bases (A, N, Nh) of stamps of size ``n``,
+    whose sums are added rotated (as in :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`).
+    Returns (centres (A, 2), sums (6, A), flags (A,), active (A,))."""
     a = bases.shape[0]
     sig2 = sigma_w * sigma_w
     finite = jnp.all(jnp.isfinite(bases), axis=(1, 2))
+    if noise is not None:
+        finite = finite & jnp.all(jnp.isfinite(noise), axis=(1, 2))
+
+    def sums_at(centres):
+        s = fourier_round_weight_sums(bases, mats, centres, size, sigma_w, xp=jnp)
+        if noise is None:
+            return s
+        rotated = rotated_quarter_turn_centres(centres, n, xp=jnp)
+        extra = rotated_quarter_turn_sums(fourier_round_weight_sums(noise, mats, rotated, size, sigma_w, xp=jnp))
+        return tuple(d + r for d, r in zip(s, extra, strict=True))
+
     flags0 = jnp.where(finite, 0, FLAG_NONFINITE)
 
     def cond(state):
@@ -74,7 +96,7 @@ def _iterate(bases, mats, start, size: int, sigma_w: float, max_iter: int, tol: 
 
     def body(state):
         it, centres, active, flags, sums = state
-        s = fourier_round_weight_sums(bases, mats, centres, size, sigma_w, xp=jnp)
+        s = sums_at(centres)
         new_sums = jnp.where(active[None, :], jnp.stack(s), sums)
         bad_flux = ~(s[0] > 0)
         step_x, step_y = newton_recentre_step(*s, sig2, xp=jnp)
@@ -97,6 +119,7 @@ def _measure(
     deconvolved,
     target_ratio,
     sigma_g,
+    noise_deconvolved,
     *,
     size: int,
     n: int,
@@ -108,11 +131,16 @@ def _measure(
     max_shift: float,
 ):
     o = size // 2 - n // 2
-    padded = jnp.zeros(deconvolved.shape[:1] + (size, size), deconvolved.dtype)
-    padded = padded.at[:, o : o + n, o : o + n].set(deconvolved)
-    spectrum = jnp.fft.rfft2(padded) * target_ratio
+
+    def spectrum_of(images):
+        padded = jnp.zeros(images.shape[:1] + (size, size), images.dtype)
+        return jnp.fft.rfft2(padded.at[:, o : o + n, o : o + n].set(images)) * target_ratio
+
     mats = jnp.asarray(type_matrices(types, step))
-    bases = metacal_kernel_bases(spectrum, size, sigma_g, sigma_w, mats, xp=jnp)  # (T, B, N, Nh)
+    bases = metacal_kernel_bases(spectrum_of(deconvolved), size, sigma_g, sigma_w, mats, xp=jnp)  # (T, B, N, Nh)
+    noise = None
+    if noise_deconvolved is not None:
+        noise = metacal_kernel_bases(spectrum_of(noise_deconvolved), size, sigma_g, sigma_w, mats, xp=jnp)
     b = deconvolved.shape[0]
     first = types.index("noshear")
     out = [None] * len(types)
@@ -125,6 +153,8 @@ def _measure(
         max_iter,
         tol,
         max_shift,
+        None if noise is None else noise[first],
+        n,
     )
     out[first] = (c0, s0, f0, a0)
     # the seeding of the numpy route: sheared images start from S·c₀, and the second image
@@ -156,6 +186,8 @@ def _measure(
             max_iter,
             tol,
             max_shift,
+            None if noise is None else noise[idx].reshape((len(wave) * b,) + bases.shape[2:]),
+            n,
         )
         for k, i in enumerate(wave):
             sl = slice(k * b, (k + 1) * b)
@@ -181,9 +213,12 @@ class JaxMetacal:
         pad_factor: float = 1.0,
         types=METACAL_TYPES,
         weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC,
+        noise_deconvolved=None,
     ) -> dict[str, dict[str, np.ndarray]]:
         """Same arguments and result as :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`
-        applied to :func:`~deconvbench.metacal.fourier_wmom.galaxy_spectrum` (numpy in/out)."""
+        applied to :func:`~deconvbench.metacal.fourier_wmom.galaxy_spectrum` (numpy in/out);
+        ``noise_deconvolved``: the deconvolved fixnoise fields
+        (:func:`deconvbench.metacal.measure.fixnoise_deconvolved`), or None."""
         images = F.as_stack(deconvolved, "deconvolved")
         b, n = images.shape[0], images.shape[-1]
         size = F.padded_size(n, pad_factor)
@@ -194,6 +229,10 @@ class JaxMetacal:
         types = tuple(types)
         with jax.enable_x64(True):
             args = [jax.device_put(np.ascontiguousarray(x), self.device) for x in (images, ratio, sigma_g)]
+            if noise_deconvolved is None:
+                args.append(None)
+            else:
+                args.append(jax.device_put(F.as_stack(noise_deconvolved, "noise_deconvolved"), self.device))
             parts = _measure(
                 *args,
                 size=size,

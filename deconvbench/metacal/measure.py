@@ -8,13 +8,15 @@ For a deconvolver ``D`` (estimate of galaxy ⊗ target ⊗ pixel, see
    observed PSF (ngmix "fitgauss", :func:`deconvbench.metacal.psf_fit.reconv_fwhm`);
 3. the five metacal images (noshear, 1p, 1m, 2p, 2m) by batched Fourier shear and
    reconvolution (:func:`deconvbench.metacal.shear_ops.metacal_images`), or, for the
-   ``wmom`` estimator without fixnoise (``route="fourier"``, the default), the wmom of
-   those five images taken directly from one forward FFT of each deconvolved stamp
+   ``wmom`` estimator (``route="fourier"``, the default), the wmom of those five images
+   taken directly from one forward FFT of each deconvolved stamp
    (:mod:`deconvbench.metacal.fourier_wmom`, equal to the image route to ~1e-9 in e);
 4. optionally the "fixnoise" term: a fresh noise field with each stamp's
    ``noise_sigma`` (shared by the ±g stamps that share noise: seeded by the stamp's
    ``noise_seed``), rotated by 90°, passed through the same deconvolver and metacal step,
-   rotated back and added (:func:`fixnoise_term`, ngmix's order);
+   rotated back and added (:func:`fixnoise_term`, ngmix's order; on the Fourier route
+   the noise enters as a second spectrum whose sums are added, see
+   :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`);
 5. the shear estimator on the five images and the response matrix R.
 
 A method may instead provide ``metacal_images(batch, reconv_fwhm_arcsec, step)``
@@ -66,10 +68,10 @@ class MetacalConfig:
     without a further pixel the high-k noise is no longer damped; 2.0: 2e-8 and 8e-6)."""
 
     route: str = "fourier"
-    """How wmom is measured (without fixnoise): ``"fourier"`` takes the five measurements
-    from one forward FFT of each deconvolved stamp (:mod:`deconvbench.metacal.fourier_wmom`);
-    ``"image"`` draws the five metacal images and measures them (the reference route; admom
-    and fixnoise always use it)."""
+    """How wmom is measured: ``"fourier"`` takes the five measurements from one forward FFT
+    of each deconvolved stamp (:mod:`deconvbench.metacal.fourier_wmom`; with fixnoise, one
+    more of each deconvolved noise field); ``"image"`` draws the five metacal images and
+    measures them (the reference route; admom always uses it)."""
     fourier_pad_factor: float = 1.0
     """Grid of the Fourier route: ``N ≥ fourier_pad_factor·n``. At 1.0 (N = n = 48 on the
     metacal cards) e differs from the image route by ≤ 1.4e-9 (fft at SNR 50) and ≤ 5e-12
@@ -103,14 +105,27 @@ def fixnoise_fields(noise_sigma: np.ndarray, noise_seed: np.ndarray, shape: tupl
     stream independent of the data's own noise), so stamps that share their data noise
     (the ±g stamps of one rotation) share this field too. 0 where sigma is 0."""
     fields = np.zeros(shape, dtype=np.float64)
+    drawn: dict[tuple[float, int], np.ndarray] = {}  # the ±g stamps share (sigma, seed): draw once
     for i, (sigma, seed) in enumerate(zip(noise_sigma, noise_seed, strict=True)):
         if sigma > 0:
-            fields[i] = np.random.default_rng([int(seed), 0xF1]).normal(0.0, float(sigma), size=shape[1:])
+            key = (float(sigma), int(seed))
+            if key not in drawn:
+                drawn[key] = np.random.default_rng([int(seed), 0xF1]).normal(0.0, float(sigma), size=shape[1:])
+            fields[i] = drawn[key]
     return fields
 
 
 def _rot90(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(images, k, axes=(-2, -1)))
+
+
+def fixnoise_deconvolved(method, batch, noise_seed: np.ndarray) -> np.ndarray:
+    """The first half of ngmix's fixnoise: the noise fields (:func:`fixnoise_fields`),
+    rotated by 90° (``np.rot90(·, 1)``; the PSF is not rotated) and deconvolved by the
+    method. Returns the deconvolved fields (B, n, n), float64, *not* rotated back."""
+    noise = fixnoise_fields(np.asarray(batch.noise_sigma), noise_seed, batch.observed.shape)
+    rotated = replace(batch, observed=_rot90(noise, 1))
+    return np.asarray(method.deconvolve(rotated), dtype=np.float64)
 
 
 def fixnoise_term(method, batch, reconv: np.ndarray, config: MetacalConfig, noise_seed: np.ndarray) -> dict:
@@ -122,21 +137,24 @@ def fixnoise_term(method, batch, reconv: np.ndarray, config: MetacalConfig, nois
     each applied shear into its opposite, so the noise correlations created by shearing
     cancel on average; the deconvolved noise also carries the correlations of the
     90°-rotated PSF, which cancels PSF-anisotropic noise too. Returns dict type → (B, n, n)."""
-    noise = fixnoise_fields(np.asarray(batch.noise_sigma), noise_seed, batch.observed.shape)
-    rotated = replace(batch, observed=_rot90(noise, 1))
     if hasattr(method, "metacal_images"):
-        images = method.metacal_images(rotated, reconv, config.step)
-    else:
-        estimate = np.asarray(method.deconvolve(rotated), dtype=np.float64)
-        images = metacal_images(
-            estimate,
-            batch.pixel_scale_arcsec,
-            batch.target_fwhm_arcsec,
-            reconv,
-            step=config.step,
-            pad_factor=config.pad_factor,
-            workers=-1,
-        )
+        noise = fixnoise_fields(np.asarray(batch.noise_sigma), noise_seed, batch.observed.shape)
+        images = method.metacal_images(replace(batch, observed=_rot90(noise, 1)), reconv, config.step)
+        return {key: _rot90(value, -1) for key, value in images.items()}
+    noise = fixnoise_deconvolved(method, batch, noise_seed)
+    return _rotated_back_metacal_images(noise, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, reconv, config)
+
+
+def _rotated_back_metacal_images(deconvolved_noise, pixel_scale, target_fwhm_arcsec, reconv, config, workers=-1):
+    images = metacal_images(
+        deconvolved_noise,
+        pixel_scale,
+        target_fwhm_arcsec,
+        reconv,
+        step=config.step,
+        pad_factor=config.pad_factor,
+        workers=workers,
+    )
     return {key: _rot90(value, -1) for key, value in images.items()}
 
 
@@ -149,8 +167,11 @@ def measure_batch(
     provide ``metacal_images``)."""
     pixel = batch.pixel_scale_arcsec
     reconv = reconv_fwhm(batch.psf, pixel, config.step)
+    if config.fixnoise and noise_seed is None:
+        raise ValueError("fixnoise needs the stamps' noise seeds")
     if uses_fourier_route(method, config):
-        return measure_deconvolved(estimate, pixel, batch.target_fwhm_arcsec, reconv, config)
+        noise = fixnoise_deconvolved(method, batch, noise_seed) if config.fixnoise else None
+        return measure_deconvolved(estimate, pixel, batch.target_fwhm_arcsec, reconv, config, noise_deconvolved=noise)
     if hasattr(method, "metacal_images"):
         images = method.metacal_images(batch, reconv, config.step)
     else:
@@ -164,39 +185,53 @@ def measure_batch(
             workers=-1,
         )
     if config.fixnoise:
-        if noise_seed is None:
-            raise ValueError("fixnoise needs the stamps' noise seeds")
         extra = fixnoise_term(method, batch, reconv, config, noise_seed)
         images = {k: images[k] + extra[k] for k in images}
     return measure_images(images, pixel, config)
 
 
 def uses_fourier_route(method, config: MetacalConfig) -> bool:
-    """True where wmom is taken in Fourier space: route "fourier", wmom, no fixnoise and a
-    method without its own ``metacal_images``."""
-    return (
-        config.route == "fourier"
-        and config.estimator == "wmom"
-        and not config.fixnoise
-        and not hasattr(method, "metacal_images")
-    )
+    """True where wmom is taken in Fourier space: route "fourier", wmom and a method without
+    its own ``metacal_images`` (with or without fixnoise)."""
+    return config.route == "fourier" and config.estimator == "wmom" and not hasattr(method, "metacal_images")
 
 
 def measure_deconvolved(
-    deconvolved, pixel_scale: float, target_fwhm_arcsec: float, reconv, config: MetacalConfig, workers=-1
+    deconvolved,
+    pixel_scale: float,
+    target_fwhm_arcsec: float,
+    reconv,
+    config: MetacalConfig,
+    workers=-1,
+    noise_deconvolved=None,
 ) -> dict[str, np.ndarray]:
     """The metacal measurement of deconvolved stamps ``D ≈ galaxy ⊗ T`` (B, n, n) for Γ of
     FWHM ``reconv`` (arcsec, (B,)): by the Fourier route for wmom (``config.route``), else
-    by metacal images + estimator. Returns the dict of :func:`measure_images`."""
+    by metacal images + estimator. ``noise_deconvolved``: the fixnoise fields from
+    :func:`fixnoise_deconvolved` (their metacal images, rotated back, are added). Returns
+    the dict of :func:`measure_images`."""
     deconvolved = np.asarray(deconvolved, dtype=np.float64)
-    if config.route == "fourier" and config.estimator == "wmom" and config.device is not None:
+    fourier = config.route == "fourier" and config.estimator == "wmom"
+    if fourier and config.device is not None:
         results = jax_route(config.device).wmom(
-            deconvolved, pixel_scale, target_fwhm_arcsec, reconv, step=config.step, pad_factor=config.fourier_pad_factor
+            deconvolved,
+            pixel_scale,
+            target_fwhm_arcsec,
+            reconv,
+            step=config.step,
+            pad_factor=config.fourier_pad_factor,
+            noise_deconvolved=noise_deconvolved,
         )
         return combine_measurements(results, config.step)
-    if config.route == "fourier" and config.estimator == "wmom":
-        spectrum = galaxy_spectrum(deconvolved, pixel_scale, target_fwhm_arcsec, config.fourier_pad_factor, workers)
-        results = metacal_wmom(spectrum, deconvolved.shape[-1], pixel_scale, reconv, step=config.step)
+    if fourier:
+        pad = config.fourier_pad_factor
+        spectrum = galaxy_spectrum(deconvolved, pixel_scale, target_fwhm_arcsec, pad, workers)
+        noise = None
+        if noise_deconvolved is not None:
+            noise = galaxy_spectrum(np.asarray(noise_deconvolved), pixel_scale, target_fwhm_arcsec, pad, workers)
+        results = metacal_wmom(
+            spectrum, deconvolved.shape[-1], pixel_scale, reconv, step=config.step, noise_spectrum=noise
+        )
         return combine_measurements(results, config.step)
     images = metacal_images(
         deconvolved,
@@ -207,6 +242,11 @@ def measure_deconvolved(
         pad_factor=config.pad_factor,
         workers=workers,
     )
+    if noise_deconvolved is not None:
+        extra = _rotated_back_metacal_images(
+            noise_deconvolved, pixel_scale, target_fwhm_arcsec, reconv, config, workers
+        )
+        images = {key: images[key] + extra[key] for key in images}
     return measure_images(images, pixel_scale, config)
 
 

@@ -76,10 +76,24 @@ def reconv_fwhm(psf_images, pixel_scale: float, step: float = 0.01) -> np.ndarra
 def unique_stamps(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the first occurrence of each distinct stamp (bit-identical pixels) and
     the map back, ``images[first][inverse] == images``: stamps of a group share their PSF
-    image, which is then fitted once."""
-    keys = [hashlib.sha1(np.ascontiguousarray(stamp).tobytes()).digest() for stamp in images]
+    image, which is then fitted once. Runs of equal neighbours (the stamps of a group are
+    consecutive) are found by one vectorised comparison; only the first stamp of each run
+    is hashed."""
+    images = np.asarray(images)
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    flat = images.reshape(len(images), -1)
+    same_as_previous = np.zeros(len(images), dtype=bool)
+    # bitwise equality (NaN-safe, like the hashes): compare the raw bytes
+    raw = np.ascontiguousarray(flat).view(np.uint8).reshape(len(images), -1)
+    same_as_previous[1:] = (raw[1:] == raw[:-1]).all(axis=1)
+    heads = np.flatnonzero(~same_as_previous)
+    run_of = np.cumsum(~same_as_previous) - 1  # run index of every stamp
     index: dict[bytes, int] = {}
-    inverse = np.array([index.setdefault(key, len(index)) for key in keys], dtype=np.int64)
+    head_ids = np.array(
+        [index.setdefault(hashlib.sha1(raw[h].tobytes()).digest(), len(index)) for h in heads], dtype=np.int64
+    )
+    inverse = head_ids[run_of]
     first = np.zeros(len(index), dtype=np.int64)
     first[inverse[::-1]] = np.arange(len(images))[::-1]
     return first, inverse
