@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ship", default=None, help="variant to ship as the default weights for --dataset")
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == ["all"] else args.variants
     unknown = sorted(set(names) - set(VARIANTS))
@@ -146,7 +147,27 @@ def main(argv=None) -> int:
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
     (args.out / "ablation.md").write_text(markdown(rows))
     print(markdown(rows))
+    if args.ship:
+        ship(args.ship, rows[args.ship], args.out / args.ship, args.dataset)
     return 0
+
+
+def ship(name: str, row: dict, vdir: Path, dataset: str) -> None:
+    """Copy VARIANT's best.npz to the shipped weights ``weights/deconvfilter-DATASET.npz``
+    and write its model card beside it: the training card plus the test and metacal
+    measurements of this script (with their commands)."""
+    from deconvbench.atomic import atomic_write, write_json_atomic
+    from deconvbench_baselines.deconvnet.filter_plugin import default_filter_weights_path
+
+    target = default_filter_weights_path(dataset)
+    blob = (vdir / "best.npz").read_bytes()
+    atomic_write(target, lambda f: f.write(blob))
+    card = json.loads((vdir / "model_card.json").read_text())
+    card["variant"] = name
+    card["measured"] = {key: value for key, value in row.items() if key not in ("options",)}
+    card["measured"]["weights_option"] = "default weights of deconvfilter (dataset=" + dataset + ")"
+    write_json_atomic(target.with_suffix(".json"), card, indent=1, sort_keys=True)
+    print(f"shipped {name} as {target.name}")
 
 
 if __name__ == "__main__":
