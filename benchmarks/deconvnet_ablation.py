@@ -31,11 +31,11 @@ MCAL_SPLITS = ("noiseless", "snr50", "snr20", "leakage")
 
 # name -> extra `deconvbench train` arguments (method deconvfilter unless --method given)
 VARIANTS: dict[str, list[str]] = {
-    "filter-pixel-qflat0": ["--set", "q_flat=0"],
+    "filter-pixel-qflat3": ["--set", "q_flat=3.0"],
     "filter-pixel-qflat2": ["--set", "q_flat=2.0"],
-    "filter-pixel-qflat3.5": ["--set", "q_flat=3.5"],
-    "filter-pixel-qflat5": ["--set", "q_flat=5.0"],
+    "filter-pixel-qflat0": ["--set", "q_flat=0"],
     "filter-band100-qflat0": ["--set", "q_flat=0", "--set", "band_weight=100"],
+    "filter-pixel-qflat1": ["--set", "q_flat=1.0"],
 }
 
 
@@ -115,9 +115,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n-val", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--n-mcal", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ship", default=None, help="variant to ship as the default weights for --dataset")

@@ -90,11 +90,21 @@ def test_filter_is_flat_inside_q_flat_and_isotropic(tmp_path, batch):
 
     W = method.filter_weights(batch)
     q = prepare(batch.observed, batch.psf, batch.noise_sigma, PIXEL, TARGET, method.config)["q"]
-    assert np.all(W[q <= 2.0] == 1.0) and np.all(W[q > 2.0] < 1.0) and np.all(W > 0)
+    noisy = batch.noise_sigma > 0
+    assert np.all(W[q <= 2.0] == 1.0) and np.all(W > 0)
+    assert np.all(W[noisy][q[noisy] > 2.0] < 1.0)
+    assert np.all(W[~noisy] == 1.0)  # the Wiener form: no noise, no filtering
     # W depends on |k| only: the (ky, kx) and (kx, ky) modes agree (the rfft half-plane
     # holds kx >= 0; compare row j, column i with row i, column j for i, j < N/2)
     m = W.shape[-1] - 1
     assert np.allclose(W[:, :m, :m], np.swapaxes(W[:, :m, :m], -1, -2), rtol=0, atol=1e-14)
+
+
+def test_noiseless_stamps_get_the_fft_deconvolution(tmp_path, batch):
+    method = _plugin(tmp_path, FilterConfig(q_flat=0.0))
+    noiseless = dataclasses.replace(batch, noise_sigma=np.zeros(len(batch.noise_sigma)))
+    ref = FFTDeconvolver().deconvolve(noiseless)
+    assert np.max(np.abs(method.deconvolve(noiseless) - ref)) < 1e-12 * np.abs(ref).max()
 
 
 def test_filter_weights_round_trip(tmp_path):

@@ -12,19 +12,26 @@ zero-padded grid of :mod:`deconvbench.fourier` (side N = ``padded_size(n, pad_fa
   (arcsec) is the width of the metacal reconvolution Gaussian Γ fitted to this stamp's
   PSF (:func:`deconvbench.metacal.psf_fit.reconv_fwhm`, ngmix "fitgauss"). ``W = 1`` for
   ``q ≤ q_flat`` (inside the band where metacal reads the image, Γ~ = exp(−q²/2) ≥
-  exp(−q_flat²/2)); beyond, ``log W`` is piecewise linear and non-increasing in q, with
-  ``n_nodes`` slopes ``−softplus(a_j)`` (per unit q, nodes ``dq`` apart; the last slope
-  continues beyond the last node). ``a`` comes from a small MLP of three per-stamp
-  features (:func:`filter_features`): log10 of the relative noise level σ/s (s: the
-  normalisation scale of ``normalise.py``), FWHM_Γ in pixels, and target FWHM / FWHM_Γ.
+  exp(−q_flat²/2)); beyond, a Wiener form with a learned noise-to-signal shape::
+
+      W(q) = (1 + ν² e^{g(q_flat)}) / (1 + ν² e^{g(q)}),   q > q_flat
+
+  with ν = σ/s the relative noise level (s: the normalisation scale of
+  ``normalise.py``, ≈ the peak surface brightness) and ``g`` piecewise linear and
+  non-decreasing in q: ``g(q_flat) = g₀``, then ``n_nodes`` slopes ``softplus(a_j)``
+  (per unit q, nodes ``dq`` apart; the last slope continues beyond the last node).
+  ``g₀`` and ``a`` come from a small MLP of three per-stamp features
+  (:func:`filter_features`): log10 ν, FWHM_Γ in pixels, and target FWHM / FWHM_Γ. So W
+  is continuous, ≤ 1, non-increasing in q, and exactly 1 for a noiseless stamp (ν = 0):
+  the noise dependence is the Wiener filter's, only the spectral shape is learned.
 
 Why this form: metacalibration shears and reconvolves the deconvolved image with Γ;
 it is unbiased when D is exact (up to noise) where Γ~ is not negligible. ``W(0) = 1``
 conserves flux exactly, an isotropic W keeps round what is round (no PSF-ellipticity
 leakage through the filter), and ``W = 1`` inside ``q_flat`` makes the image-dependent
-part of the filter (through σ/s) invisible to metacal up to Γ~(q_flat). Given the
-features the map is linear in the image; it is exactly linear (and equivariant under
-any shear inside ``q_flat``) when σ/s does not change, e.g. with ``use_noise_input=False``.
+part of the filter (through σ/s) invisible to metacal up to Γ~(q_flat). Given ν the
+map is linear in the image; with ``use_noise_input=False`` the filter uses ν = σ (the
+absolute noise level, no image statistic) and is exactly linear in the image.
 
 The torch module :class:`DeconvFilterTorch` holds the MLP and applies the filter to
 spectra prepared in numpy by :func:`prepare` (so training back-propagates through the
@@ -59,7 +66,8 @@ class FilterConfig:
     hidden: int = 32
     """Width of the two hidden layers of the MLP."""
     use_noise_input: bool = True
-    """Feed log10(σ/s) to the MLP (off: the filter depends on the PSF only, exactly linear)."""
+    """ν = σ/s (relative to the image's scale s); off: ν = σ, so the filter depends on the
+    PSF and σ only and is exactly linear in the image."""
     threshold: float = 1e-3
     """The ``fft`` cut: T~/P~ set to 0 where |P~| < threshold · max|P~|."""
     pad_factor: float = 2.0
@@ -96,14 +104,20 @@ class FilterConfig:
         return cls.from_dict(json.loads(text))
 
 
-def filter_features(observed, psf, noise_sigma, reconv_fwhm_arcsec, pixel_scale, target_fwhm_arcsec) -> np.ndarray:
-    """(B, 3) float64 MLP input: log10(σ/s) (−4 for noiseless stamps, ``normalise.py``),
-    FWHM_Γ / pixel_scale / 5, target FWHM / FWHM_Γ (all O(1))."""
-    _, _, noise_in, _ = normalise(observed, psf, noise_sigma)
+def filter_features(
+    observed, psf, noise_sigma, reconv_fwhm_arcsec, pixel_scale, target_fwhm_arcsec, relative: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, nu)``: the (B, 3) float64 MLP input — log10 ν floored at 1e-4, FWHM_Γ /
+    pixel_scale / 5, target FWHM / FWHM_Γ (all O(1)) — and the noise level ν (B,):
+    σ/s (``relative``, s from ``normalise.py``) or σ."""
+    _, _, noise_in, scale = normalise(observed, psf, noise_sigma)
+    sigma = np.broadcast_to(np.asarray(noise_sigma, dtype=np.float64), scale.shape)
+    sigma = np.where(np.isfinite(sigma), np.maximum(sigma, 0.0), 0.0)
+    nu = sigma / scale if relative else sigma
+    log_nu = noise_in.astype(np.float64) if relative else np.log10(np.maximum(nu, 1e-4))
     fwhm = np.asarray(reconv_fwhm_arcsec, dtype=np.float64)
-    return np.stack(
-        [noise_in.astype(np.float64), fwhm / pixel_scale / 5.0, np.full_like(fwhm, target_fwhm_arcsec) / fwhm], axis=1
-    )
+    z = np.stack([log_nu, fwhm / pixel_scale / 5.0, np.full_like(fwhm, target_fwhm_arcsec) / fwhm], axis=1)
+    return z, nu
 
 
 def transfer_and_q(psf, reconv_fwhm_arcsec, pixel_scale, target_fwhm_arcsec, config: FilterConfig, n: int):
@@ -140,13 +154,10 @@ def prepare(observed, psf, noise_sigma, pixel_scale, target_fwhm_arcsec, config:
     N = F.padded_size(n, config.pad_factor)
     fwhm = reconv_fwhm_or_psf(psf, pixel_scale)
     H, q = transfer_and_q(psf, fwhm, pixel_scale, target_fwhm_arcsec, config, n)
-    out = {
-        "spec": F.rfft2(F.pad_centered(observed, N)),
-        "H": H,
-        "q": q,
-        "z": filter_features(observed, psf, noise_sigma, fwhm, pixel_scale, target_fwhm_arcsec),
-        "fwhm_gamma": fwhm,
-    }
+    z, nu = filter_features(
+        observed, psf, noise_sigma, fwhm, pixel_scale, target_fwhm_arcsec, relative=config.use_noise_input
+    )
+    out = {"spec": F.rfft2(F.pad_centered(observed, N)), "H": H, "q": q, "z": z, "nu": nu, "fwhm_gamma": fwhm}
     for name, images in dict(extra).items():
         out[f"spec_{name}"] = F.rfft2(F.pad_centered(F.as_stack(images, name), N))
     return out
@@ -157,8 +168,8 @@ def _torch_module():
     from torch import nn
 
     class DeconvFilterTorch(nn.Module):
-        """MLP features → log-W slopes; ``weights(q, z)`` and ``forward(spec, H, q, z)``
-        (the filtered spectrum). Float64."""
+        """MLP features → (g₀, slopes of g); ``weights(q, z, nu)`` and
+        ``forward(spec, H, q, z, nu)`` (the filtered spectrum). Float64."""
 
         def __init__(self, config: FilterConfig):
             super().__init__()
@@ -168,28 +179,29 @@ def _torch_module():
                 nn.SiLU(),
                 nn.Linear(config.hidden, config.hidden),
                 nn.SiLU(),
-                nn.Linear(config.hidden, config.n_nodes),
+                nn.Linear(config.hidden, config.n_nodes + 1),
             ).to(torch.float64)
-            with torch.no_grad():  # start as a gentle roll-off (slope ~0.7 per unit q)
+            with torch.no_grad():  # start near g₀ = 0 with slopes softplus(0) ≈ 0.7 per unit q
                 self.mlp[-1].weight.mul_(0.1)
                 self.mlp[-1].bias.fill_(0.0)
 
-        def weights(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        def weights(self, q: torch.Tensor, z: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
             cfg = self.config
-            if not cfg.use_noise_input:
-                z = torch.cat([torch.zeros_like(z[:, :1]), z[:, 1:]], dim=1)
-            slopes = nn.functional.softplus(self.mlp(z))  # (B, K) ≥ 0
-            # log W at the nodes q_flat + j dq, j = 0..K: 0, then cumulative −slope·dq
-            cum = torch.cat([torch.zeros_like(slopes[:, :1]), -torch.cumsum(slopes, dim=1) * cfg.dq], dim=1)
+            out = self.mlp(z)
+            g0, slopes = out[:, :1], nn.functional.softplus(out[:, 1:])  # (B, 1), (B, K) ≥ 0
+            # g at the nodes q_flat + j dq, j = 0..K: g₀, then cumulative slope·dq
+            cum = torch.cat([g0, g0 + torch.cumsum(slopes, dim=1) * cfg.dq], dim=1)
             t = torch.clamp((q - cfg.q_flat) / cfg.dq, min=0.0)  # (B, N, M), node units
             j = torch.clamp(torch.floor(t), max=cfg.n_nodes - 1).long()
             flat = j.reshape(len(q), -1)
             lo = torch.gather(cum, 1, flat).reshape(q.shape)
             slope = torch.gather(slopes, 1, flat).reshape(q.shape)
-            return torch.exp(lo - slope * (t - j) * cfg.dq)
+            g = lo + slope * (t - j) * cfg.dq
+            nu2 = (nu**2).reshape(-1, 1, 1)
+            return (1.0 + nu2 * torch.exp(g0).reshape(-1, 1, 1)) / (1.0 + nu2 * torch.exp(g))
 
-        def forward(self, spec, H, q, z):
-            return spec * H * self.weights(q, z)
+        def forward(self, spec, H, q, z, nu):
+            return spec * H * self.weights(q, z, nu)
 
     return DeconvFilterTorch
 

@@ -27,7 +27,7 @@ def default_filter_weights_path(dataset: str = DEFAULT_DATASET) -> Path:
 
 
 class DeconvFilterTorch:
-    """DeconvFilter: D~ = I~ · (T~/P~) · W(|k|σ_Γ), W learned from PSF and noise level."""
+    """DeconvFilter: D~ = I~ · (T~/P~) · W(|k|σ_Γ), W a Wiener form with a learned shape."""
 
     description = "DeconvFilter: learned PSF-conditioned Fourier filter, linear in the image (PyTorch, trained weights)"
     requires = ("torch",)
@@ -97,8 +97,8 @@ class DeconvFilterTorch:
         b = batch
         prep = prepare(b.observed, b.psf, b.noise_sigma, b.pixel_scale_arcsec, b.target_fwhm_arcsec, self.config)
         with torch.inference_mode():
-            q, z = (torch.from_numpy(prep[k]).to(self._device) for k in ("q", "z"))
-            return self._model.weights(q, z).cpu().numpy()
+            q, z, nu = (torch.from_numpy(prep[k]).to(self._device) for k in ("q", "z", "nu"))
+            return self._model.weights(q, z, nu).cpu().numpy()
 
     def deconvolve(self, batch: Batch) -> np.ndarray:
         import torch
@@ -122,8 +122,8 @@ class DeconvFilterTorch:
                 observed[sl], psf[sl], sigma[sl], batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, self.config
             )
             with torch.inference_mode():
-                t = {k: torch.from_numpy(prep[k]).to(self._device) for k in ("spec", "H", "q", "z")}
-                out[sl] = to_stamps(self._model(t["spec"], t["H"], t["q"], t["z"]), N, n).cpu().numpy()
+                t = {k: torch.from_numpy(prep[k]).to(self._device) for k in ("spec", "H", "q", "z", "nu")}
+                out[sl] = to_stamps(self._model(t["spec"], t["H"], t["q"], t["z"], t["nu"]), N, n).cpu().numpy()
         return out
 
     def params(self) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class FilterStep:
 
     def terms(self, model, weights: LossWeights) -> dict:
         t = self.t
-        W = model.weights(t["q"], t["z"])
+        W = model.weights(t["q"], t["z"], t["nu"])
         out = {}
         est = to_stamps(t["spec"] * t["H"] * W, self.N, self.n)
         out["pixel"] = nmse_loss(est, self.truth)
