@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SNRS = ("10", "20", "40", "80", "200", "inf")
+SNRS = ("10", "20", "40", "80", "200", "noiseless")
 MCAL_SPLITS = ("noiseless", "snr50", "snr20", "leakage")
 
 # name -> extra `deconvbench train` arguments (method deconvfilter unless --method given)

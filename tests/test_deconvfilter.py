@@ -268,3 +268,29 @@ def test_training_lowers_the_objective_and_is_deterministic(tmp_path):
     b, _, _ = load_filter_weights(tmp_path / "run1" / "best.npz")
     assert all(np.array_equal(a[key], b[key]) for key in a)
     assert meta["loss"]["band_weight"] == 10.0 and meta["epoch"] == runs[0]["best_epoch"]
+
+
+# -- the shipped weights ------------------------------------------------------------------
+def test_shipped_weights_card_and_smoke_numbers(smoke_test_file, tmp_path):
+    import json
+
+    from deconvbench.harness import run_method
+    from deconvbench.methods import load_method
+    from deconvbench_baselines.deconvnet.filter_plugin import default_filter_weights_path
+
+    path = default_filter_weights_path("ground-v2")
+    _, config, metadata = load_filter_weights(path)
+    assert metadata["dataset"] == "ground-v2" and metadata["pixel_scale_arcsec"] == 0.2
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["config"] == config.to_dict()
+    for key in ("command", "validation", "measured", "hardware", "wall_time_s", "best_epoch"):
+        assert key in card
+    for split in ("noiseless", "snr50", "snr20", "leakage"):
+        assert card["measured"][split]["m"] is not None
+    result = run_method(load_method("deconvfilter", device="cpu"), smoke_test_file, tmp_path / "r.json", batch_size=64)
+    assert result["failures"]["stamps_failed"] == 0
+    # pinned to the measured value (shipped weights, published smoke split)
+    assert result["metrics"]["overall"]["nmse"]["mean"] == pytest.approx(SMOKE_NMSE, rel=1e-6)
+
+
+SMOKE_NMSE = 9.290283885748943  # measured with the shipped weights (float64 throughout)
