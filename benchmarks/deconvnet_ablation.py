@@ -35,7 +35,6 @@ VARIANTS: dict[str, list[str]] = {
     "filter-pixel-qflat2": ["--set", "q_flat=2.0"],
     "filter-pixel-qflat0": ["--set", "q_flat=0"],
     "filter-band100-qflat0": ["--set", "q_flat=0", "--set", "band_weight=100"],
-    "filter-pixel-qflat1": ["--set", "q_flat=1.0"],
 }
 
 
