@@ -136,9 +136,8 @@ def transfer_and_q(psf, reconv_fwhm_arcsec, pixel_scale, target_fwhm_arcsec, con
 
 
 def reconv_fwhm_or_psf(psf, pixel_scale: float) -> np.ndarray:
-    """FWHM_Γ (arcsec) of each stamp's metacal kernel; where the PSF fit fails, the
-    FWHM of the PSF's second moments would be a guess, so a MethodError-free fallback of
-    4 pixels is used (the filter then only sets where W starts to roll off)."""
+    """FWHM_Γ (arcsec) of each stamp's metacal kernel (ngmix "fitgauss"); where the
+    PSF fit fails, 4 pixels (it only sets the frequency scale of W)."""
     from deconvbench.metacal.psf_fit import reconv_fwhm
 
     fwhm = reconv_fwhm(psf, pixel_scale)
