@@ -22,7 +22,8 @@ class TrainingRequest:
 
     ``n_train``/``n_val`` limit the splits to their first N stamps (and only those are
     generated when the files are missing). ``model_options`` go to the model's config
-    (e.g. ``{"width": 16}``)."""
+    (e.g. ``{"width": 16}``); ``device`` is where the model trains (``auto``, ``cpu``,
+    ``cuda``: the method resolves it and refuses ``cuda`` without a GPU)."""
 
     dataset: str
     out: Path
@@ -36,6 +37,7 @@ class TrainingRequest:
     n_train: int | None = None
     n_val: int | None = None
     threads: int | None = None
+    device: str = "auto"
     workers: int = 2
     command: str = ""
     model_options: dict[str, Any] = field(default_factory=dict)

@@ -62,6 +62,9 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
         import torch
 
         torch.set_num_threads(max(1, request.threads))
+    from .device import framework_device
+
+    framework_device(framework, request.device)  # refuse a missing GPU before generating data
     unknown = set(request.model_options) - set(DeconvNetConfig.__dataclass_fields__)
     if unknown:
         raise UsageError(f"unknown DeconvNet config option(s): {', '.join(sorted(unknown))}")
@@ -117,6 +120,7 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
                 augment=request.augment,
                 progress=report,
                 metadata={**geometry, "command": request.command},
+                device=request.device,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -124,7 +128,7 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     if summary["best_path"]:
         notify("evaluating the best epoch on the validation split")
         val_result = run_method(
-            load_method(f"deconvnet-{framework}", weights=summary["best_path"]),
+            load_method(f"deconvnet-{framework}", weights=summary["best_path"], device=request.device),
             val_path,
             request.out / "val_result.json",
             command=request.command,
@@ -153,3 +157,130 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     }
     write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)
     return f"best epoch {summary['best_epoch']}: val NMSE {summary['best_val_nmse']}; weights {summary['best_path']}"
+
+
+def _split_filter_options(options: dict):
+    """``model_options`` → (FilterConfig, LossWeights); UsageError on unknown keys."""
+    from .filter_model import FilterConfig
+    from .losses import LossWeights
+
+    config_keys = set(FilterConfig.__dataclass_fields__)
+    loss_keys = set(LossWeights.__dataclass_fields__)
+    unknown = set(options) - config_keys - loss_keys
+    if unknown:
+        raise UsageError(
+            f"unknown DeconvFilter option(s): {', '.join(sorted(unknown))} "
+            f"(config: {', '.join(sorted(config_keys))}; loss: {', '.join(sorted(loss_keys))})"
+        )
+    try:
+        config = FilterConfig(**{k: v for k, v in options.items() if k in config_keys})
+        weights = LossWeights(**{k: v for k, v in options.items() if k in loss_keys})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad DeconvFilter options: {exc}") from None
+    return config, weights
+
+
+def train_filter_request(request: TrainingRequest, progress: Callable, notify: Callable[[str], None]) -> str:
+    """Train DeconvFilter as ``request`` says (``deconvbench train --method deconvfilter``).
+
+    Writes OUT/best.npz, OUT/history.json, OUT/val_result.json and OUT/model_card.json
+    (validation metrics per SNR level from the harness, as for DeconvNet)."""
+    from deconvbench.harness import run_method
+    from deconvbench.methods import load_method
+    from deconvbench.runinfo import hardware, package_versions
+    from deconvbench.store import open_dataset
+    from deconvbench.streaming import TRAINING_KEYS, sequential_batches, shuffled_batches
+
+    from .device import device_label, torch_device
+    from .filter_train import train_filter
+
+    try:
+        import torch
+    except ImportError:
+        raise UsageError("training DeconvFilter needs extra [torch] (pip install 'deconvbench[torch]')") from None
+    if request.threads is not None:
+        torch.set_num_threads(max(1, request.threads))
+    config, weights = _split_filter_options(request.model_options)
+    device = torch_device(request.device)
+    train_path, _ = ensure_dataset(
+        request.dataset, "train", n=request.n_train, workers=request.workers, progress=progress, notify=notify
+    )
+    val_path, _ = ensure_dataset(
+        request.dataset, "val", n=request.n_val, workers=request.workers, progress=progress, notify=notify
+    )
+    with open_dataset(train_path) as ds:
+        geometry = {
+            "pixel_scale_arcsec": ds.pixel_scale_arcsec,
+            "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
+            "stamp_size": ds.stamp_size,
+            "dataset": request.dataset,
+            "train_checksum": ds.checksum,
+            "n_train": ds.n,
+        }
+    keys = (*TRAINING_KEYS, "noiseless")
+
+    def train_batches(epoch: int):
+        return shuffled_batches(train_path, request.batch_size, request.seed, epoch, keys=keys)
+
+    def val_batches():
+        return sequential_batches(val_path, 256, keys=keys)
+
+    with progress("train deconvfilter (epochs)", request.epochs) as advance:
+
+        def report(record: dict) -> None:
+            advance(1)
+            notify(
+                f"epoch {record['epoch']}: train loss {record['train_loss']:.4g}, val NMSE {record['val_nmse']:.4g}, "
+                f"val band {record['val_band']:.3g}{' (best)' if record['best'] else ''}, "
+                f"{geometry['n_train'] / record['time_s']:.1f} stamps/s"
+            )
+
+        summary = train_filter(
+            config,
+            weights,
+            train_batches,
+            val_batches,
+            epochs=request.epochs,
+            pixel_scale=geometry["pixel_scale_arcsec"],
+            target_fwhm=geometry["target_fwhm_arcsec"],
+            lr=request.lr,
+            seed=request.seed,
+            out_dir=request.out,
+            patience=request.patience,
+            device=device,
+            progress=report,
+            metadata={**geometry, "command": request.command},
+        )
+    validation = None
+    if summary["best_path"]:
+        notify("evaluating the best epoch on the validation split")
+        val_result = run_method(
+            load_method("deconvfilter", weights=summary["best_path"], device=request.device),
+            val_path,
+            request.out / "val_result.json",
+            command=request.command,
+        )
+        validation = _validation_block(val_result)
+    card = {
+        "model": "DeconvFilter",
+        "framework_trained": "torch",
+        "device": device_label(device),
+        "config": config.to_dict(),
+        "loss": vars(weights),
+        "validation": validation,
+        "command": request.command,
+        "dataset": geometry,
+        "epochs_completed": summary["epochs_completed"],
+        "best_epoch": summary["best_epoch"],
+        "best_val_objective": summary["best_val"],
+        "stopped_early": summary["stopped_early"],
+        "wall_time_s": sum(record["time_s"] for record in summary["history"]),
+        "batch_size": request.batch_size,
+        "lr": request.lr,
+        "seed": request.seed,
+        "hardware": hardware(),
+        "versions": package_versions(("torch",)),
+        "history": summary["history"],
+    }
+    write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)
+    return f"best epoch {summary['best_epoch']}: val objective {summary['best_val']}; weights {summary['best_path']}"

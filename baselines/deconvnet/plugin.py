@@ -2,7 +2,9 @@
 
 Both load the same neutral weights file (``convert.py``), so a model trained in one
 framework runs in the other. Default weights: ``weights/deconvnet-<dataset>.npz`` next
-to this file (``dataset="ground-v1"`` unless given).
+to this file (``dataset="ground-v1"`` unless given). ``device`` (``auto``, ``cpu``,
+``cuda``; see ``device.py``) says where the network runs, e.g.
+``deconvbench run --method deconvnet-torch --option deconvnet-torch.device=cuda``.
 """
 
 from __future__ import annotations
@@ -48,15 +50,20 @@ class _DeconvNetBase:
     requires: tuple[str, ...] = ()
     extra = ""
 
-    def __init__(self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET):
+    def __init__(
+        self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET, device: str = "auto"
+    ):
         try:
             self.batch_size = int(batch_size)
         except (TypeError, ValueError):
             self.batch_size = 0
         if self.batch_size < 1:
             raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.device = "cpu"
+        from .device import device_label, framework_device
+
         self.name = f"deconvnet-{self.framework}"
+        self._device = framework_device(self.framework, device)  # MethodError if absent
+        self.device = device_label(self._device)
         if weights is None:
             path = default_weights_path(dataset)
             if not path.exists():
@@ -143,11 +150,12 @@ class _DeconvNetBase:
             "config": self.config.to_dict(),
             "trained_on": self.metadata.get("dataset"),
             "batch_size": self.batch_size,
+            "device": self.device,
         }
 
 
 class DeconvNetJax(_DeconvNetBase):
-    """DeconvNet (PSF-conditioned residual U-Net), JAX/flax inference on CPU."""
+    """DeconvNet (PSF-conditioned residual U-Net), JAX/flax inference (CPU or GPU)."""
 
     framework = "jax"
     pad_chunks = True
@@ -162,18 +170,21 @@ class DeconvNetJax(_DeconvNetBase):
         from .jax_model import DeconvNetJax as Model
         from .jax_model import init_params
 
+        self._jax = jax
         check_flat(flat, flatten_tree(jax.eval_shape(lambda: init_params(self.config))))
         model = Model(self.config)
-        self._params = jax.device_put(flat_to_jax_params(flat), jax.devices("cpu")[0])
+        self._params = jax.device_put(flat_to_jax_params(flat), self._device)
         # jax.jit caches one compiled executable per input shape
         self._fn = jax.jit(lambda params, x, psf, noise: model.apply({"params": params}, x, psf, noise))
 
     def _apply(self, x, psf, noise):
-        return np.asarray(self._fn(self._params, x, psf, noise))
+        jax = self._jax
+        args = [jax.device_put(np.ascontiguousarray(a, dtype=np.float32), self._device) for a in (x, psf, noise)]
+        return np.asarray(self._fn(self._params, *args))
 
 
 class DeconvNetTorch(_DeconvNetBase):
-    """DeconvNet (PSF-conditioned residual U-Net), PyTorch inference on CPU."""
+    """DeconvNet (PSF-conditioned residual U-Net), PyTorch inference (CPU or CUDA)."""
 
     framework = "torch"
     description = "DeconvNet: PSF-conditioned (FiLM) residual U-Net, PyTorch (trained weights)"
@@ -193,10 +204,10 @@ class DeconvNetTorch(_DeconvNetBase):
         except RuntimeError as exc:
             raise ValueError(str(exc)) from exc
         # channels_last: oneDNN convolutions run ~1.5x faster on CPU in this layout
-        self._model = model.to(device="cpu", dtype=torch.float32, memory_format=torch.channels_last).eval()
+        self._model = model.to(device=self._device, dtype=torch.float32, memory_format=torch.channels_last).eval()
 
     def _apply(self, x, psf, noise):
         torch = self._torch
         with torch.inference_mode():
-            t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in (x, psf, noise)]
-            return self._model(*t).numpy()
+            t = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self._device) for a in (x, psf, noise)]
+            return self._model(*t).cpu().numpy()

@@ -124,7 +124,7 @@ def _jax_functions(config: DeconvNetConfig, lr: float):
 class _JaxBackend:
     checkpoint_name = "last.msgpack"
 
-    def __init__(self, config: DeconvNetConfig, lr: float, seed: int):
+    def __init__(self, config: DeconvNetConfig, lr: float, seed: int, device=None):
         from .jax_model import init_params
 
         tx, self._step, self._predict = _jax_functions(config, float(lr))
@@ -174,19 +174,20 @@ class _JaxBackend:
 class _TorchBackend:
     checkpoint_name = "last.pt"
 
-    def __init__(self, config: DeconvNetConfig, lr: float, seed: int):
+    def __init__(self, config: DeconvNetConfig, lr: float, seed: int, device=None):
         import torch
 
         from .torch_model import DeconvNetTorch
 
         self.torch = torch
+        self.device = torch.device("cpu") if device is None else device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = DeconvNetTorch(config)
+            self.model = DeconvNetTorch(config).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
 
     def _tensors(self, *arrays):
-        return [self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays]
+        return [self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.device) for a in arrays]
 
     def step(self, x, psf, noise, target) -> float:
         torch = self.torch
@@ -201,7 +202,7 @@ class _TorchBackend:
     def predict(self, x, psf, noise) -> np.ndarray:
         self.model.eval()
         with self.torch.inference_mode():
-            return self.model(*self._tensors(x, psf, noise)).numpy()
+            return self.model(*self._tensors(x, psf, noise)).cpu().numpy()
 
     def flat(self) -> dict[str, np.ndarray]:
         from .convert import torch_state_to_flat
@@ -219,7 +220,7 @@ class _TorchBackend:
         return json.loads(torch.load(path, map_location="cpu", weights_only=True)["meta"])
 
     def load(self, path: Path) -> dict:
-        payload = self.torch.load(path, map_location="cpu", weights_only=True)
+        payload = self.torch.load(path, map_location=self.device, weights_only=True)
         meta = json.loads(payload["meta"])
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -229,10 +230,12 @@ class _TorchBackend:
 BACKENDS = {"jax": _JaxBackend, "torch": _TorchBackend}
 
 
-def make_backend(framework: str, config: DeconvNetConfig, lr: float, seed: int):
+def make_backend(framework: str, config: DeconvNetConfig, lr: float, seed: int, device=None):
+    """The framework's backend; ``device`` a resolved ``torch.device`` (torch) or unused
+    (JAX places arrays on the default device, set by :func:`train`)."""
     if framework not in BACKENDS:
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
-    return BACKENDS[framework](config, lr, seed)
+    return BACKENDS[framework](config, lr, seed, device)
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -284,6 +287,7 @@ def train(
     augment: bool = True,
     progress: Callable[[dict], None] | None = None,
     metadata: dict | None = None,
+    device: str = "auto",
 ) -> dict:
     """Train DeconvNet; see the module docstring for what is written where.
 
@@ -292,7 +296,8 @@ def train(
     ``patience``: stop after that many epochs without a new best validation NMSE
     (None: never). ``progress(record)`` is called after every epoch with its history
     record. ``metadata`` (JSON-able, e.g. dataset name and geometry) is stored in
-    ``best.npz``.
+    ``best.npz``. ``device``: ``auto``, ``cpu`` or ``cuda`` (see ``device.py``; a
+    MethodError when ``cuda`` is asked and the framework sees no GPU).
 
     With ``resume=True`` and a ``last`` checkpoint in ``out_dir`` (same framework and
     config), training continues at the checkpoint's next epoch with its parameters,
@@ -311,12 +316,6 @@ def train(
     last_path = out / BACKENDS[framework].checkpoint_name
     best_path = out / BEST_NAME
 
-    history: list[dict] = []
-    best_epoch: int | None = None
-    best_val = math.inf
-    start = 0
-    resumed_from = None
-    stopped_early = False
     resuming = resume and last_path.exists()
     if resuming:  # check before building (and compiling) anything
         meta = BACKENDS[framework].read_meta(last_path)
@@ -324,7 +323,34 @@ def train(
             raise ValueError(f"{last_path} was written by framework {meta.get('framework')!r}, not {framework!r}")
         if DeconvNetConfig.from_dict(meta["config"]) != config:
             raise ValueError(f"{last_path} was trained with a different config: {meta['config']}")
-    backend = make_backend(framework, config, lr, seed)
+    from .device import framework_device
+
+    resolved = framework_device(framework, device)
+    if framework == "jax":
+        import jax
+
+        with jax.default_device(resolved):
+            return _train_loop(
+                framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
+                progress, metadata, None, t_start, last_path, best_path, resuming,
+            )  # fmt: skip
+    return _train_loop(
+        framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
+        progress, metadata, resolved, t_start, last_path, best_path, resuming,
+    )  # fmt: skip
+
+
+def _train_loop(
+    framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
+    progress, metadata, device, t_start, last_path, best_path, resuming,
+) -> dict:  # fmt: skip
+    history: list[dict] = []
+    best_epoch: int | None = None
+    best_val = math.inf
+    start = 0
+    resumed_from = None
+    stopped_early = False
+    backend = make_backend(framework, config, lr, seed, device)
     if resuming:
         meta = backend.load(last_path)
         history = meta["history"]

@@ -29,6 +29,10 @@ def train(
     n_val: int | None = typer.Option(None, "--n-val", help="use (and generate) only the first N validation stamps"),
     width: int | None = typer.Option(None, "--width", help="override the model's width (channels)"),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (auto: a CUDA GPU if one is seen)"),
+    set_: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE model or loss option (JSON value), e.g. --set q_flat=2.5 --set band_weight=1"
+    ),
     workers: int = typer.Option(2, "--workers", "-j", help="workers for generating missing splits"),
 ) -> None:
     """Train a model on a card's train split (validation NMSE on its val split every epoch).
@@ -36,6 +40,8 @@ def train(
     Writes OUT/best.npz (best-on-validation weights), OUT/last.* (resumable checkpoint),
     OUT/history.json and OUT/model_card.json.
     """
+    import json
+
     from ..errors import UsageError
     from ..training import TrainingRequest, train_method
 
@@ -43,9 +49,18 @@ def train(
         if framework not in ("jax", "torch"):
             raise UsageError(f"--framework must be one of jax, torch, got {framework!r}")
         method = f"deconvnet-{framework}"
+    model_options = {} if width is None else {"width": width}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            model_options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            model_options[key] = value
     request = TrainingRequest(
         dataset=dataset, out=out, epochs=epochs, batch_size=batch_size, lr=lr, resume=resume, patience=patience,
-        augment=augment, seed=seed, n_train=n_train, n_val=n_val, threads=threads, workers=workers,
-        command=command_line(), model_options={} if width is None else {"width": width},
+        augment=augment, seed=seed, n_train=n_train, n_val=n_val, threads=threads, workers=workers, device=device,
+        command=command_line(), model_options=model_options,
     )  # fmt: skip
     print(train_method(method, request, progress=progress_task, notify=note))

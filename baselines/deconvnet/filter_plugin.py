@@ -1,0 +1,140 @@
+"""The registered method ``deconvfilter``: DeconvFilter (a learned, PSF-conditioned
+Fourier filter, linear in the image; see :mod:`.filter_model`) in PyTorch.
+
+Default weights: ``weights/deconvfilter-<dataset>.npz`` next to this file
+(``dataset="ground-v2"`` unless given); ``device`` is ``auto``, ``cpu`` or ``cuda``
+(:mod:`.device`), e.g. ``--option deconvfilter.device=cuda``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deconvbench import fourier as F
+from deconvbench.errors import MethodError
+from deconvbench.methods import Batch
+
+from .plugin import WEIGHTS_DIR, _sha256
+
+DEFAULT_DATASET = "ground-v2"
+
+
+def default_filter_weights_path(dataset: str = DEFAULT_DATASET) -> Path:
+    return WEIGHTS_DIR / f"deconvfilter-{dataset}.npz"
+
+
+class DeconvFilterTorch:
+    """DeconvFilter: D~ = I~ · (T~/P~) · W(|k|σ_Γ), W a Wiener form with a learned shape."""
+
+    description = "DeconvFilter: learned PSF-conditioned Fourier filter, linear in the image (PyTorch, trained weights)"
+    requires = ("torch",)
+    extra = "torch"
+    framework = "torch"
+
+    def __init__(
+        self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET, device: str = "auto"
+    ):
+        from .device import device_label, torch_device
+        from .filter_model import build_torch_model, flat_to_torch_state, load_filter_weights
+
+        try:
+            self.batch_size = int(batch_size)
+        except (TypeError, ValueError):
+            self.batch_size = 0
+        if self.batch_size < 1:
+            raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.name = "deconvfilter"
+        path = default_filter_weights_path(dataset) if weights is None else Path(weights).expanduser()
+        if not path.exists():
+            raise MethodError(
+                f"no DeconvFilter weights at {path}; train with `deconvbench train --method deconvfilter` "
+                "and pass weights=PATH"
+            )
+        try:
+            flat, config, metadata = load_filter_weights(path)
+        except (ValueError, OSError) as exc:
+            raise MethodError(f"cannot load DeconvFilter weights {path}: {exc}") from exc
+        self._device = torch_device(device)
+        self.device = device_label(self._device)
+        model = build_torch_model(config)
+        try:
+            model.load_state_dict(flat_to_torch_state(flat), strict=True)
+        except RuntimeError as exc:
+            raise MethodError(f"DeconvFilter weights {path} do not fit their config: {exc}") from exc
+        self._model = model.to(self._device).eval()
+        self.config, self.metadata, self.weights_path = config, metadata, path
+        self.weights_sha256 = _sha256(path)
+        self.n_params = int(sum(np.asarray(v).size for v in flat.values()))
+
+    @classmethod
+    def train(cls, request, progress, notify) -> str:
+        """Train DeconvFilter (``deconvbench train --method deconvfilter``); see :mod:`.fit`."""
+        from .fit import train_filter_request
+
+        return train_filter_request(request, progress, notify)
+
+    def _check_geometry(self, batch: Batch) -> None:
+        for key, value in (
+            ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
+            ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
+        ):
+            trained = self.metadata.get(key)
+            if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
+                raise MethodError(
+                    f"{self.name}: weights {self.weights_path.name} were trained for {key}={trained}, "
+                    f"the data has {value}; use weights trained for this dataset"
+                )
+
+    def filter_weights(self, batch: Batch) -> np.ndarray:
+        """W (B, N, N//2+1) for a batch (diagnostics and tests)."""
+        import torch
+
+        from .filter_model import prepare
+
+        b = batch
+        prep = prepare(b.observed, b.psf, b.noise_sigma, b.pixel_scale_arcsec, b.target_fwhm_arcsec, self.config)
+        with torch.inference_mode():
+            q, z, nu = (torch.from_numpy(prep[k]).to(self._device) for k in ("q", "z", "nu"))
+            return self._model.weights(q, z, nu).cpu().numpy()
+
+    def deconvolve(self, batch: Batch) -> np.ndarray:
+        import torch
+
+        from .filter_model import prepare, to_stamps
+
+        observed = F.as_stack(batch.observed, "observed")
+        psf = F.as_stack(batch.psf, "psf")
+        sigma = np.asarray(batch.noise_sigma, dtype=np.float64).reshape(-1)
+        if psf.shape != observed.shape or sigma.shape != (len(observed),):
+            raise MethodError(
+                f"{self.name}: bad batch shapes observed {observed.shape}, psf {psf.shape}, noise_sigma {sigma.shape}"
+            )
+        self._check_geometry(batch)
+        n = observed.shape[-1]
+        N = F.padded_size(n, self.config.pad_factor)
+        out = np.empty(observed.shape, dtype=np.float64)
+        for start in range(0, len(observed), self.batch_size):
+            sl = slice(start, min(start + self.batch_size, len(observed)))
+            prep = prepare(
+                observed[sl], psf[sl], sigma[sl], batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, self.config
+            )
+            with torch.inference_mode():
+                t = {k: torch.from_numpy(prep[k]).to(self._device) for k in ("spec", "H", "q", "z", "nu")}
+                out[sl] = to_stamps(self._model(t["spec"], t["H"], t["q"], t["z"], t["nu"]), N, n).cpu().numpy()
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "framework": self.framework,
+            "weights": self.weights_path.name,
+            "weights_sha256": self.weights_sha256,
+            "n_params": self.n_params,
+            "config": self.config.to_dict(),
+            "trained_on": self.metadata.get("dataset"),
+            "loss": self.metadata.get("loss"),
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }

@@ -1,0 +1,173 @@
+"""Ablation of the metacal-aware deconvolvers: train each variant, measure, tabulate.
+
+For every variant (a name and the ``deconvbench train`` arguments that make it) this
+script trains it (unless ``OUT/VARIANT/best.npz`` exists), then runs, with the normal
+commands,
+
+* ``deconvbench run --method M --dataset CARD --split test --n N_TEST``: NMSE and mean
+  |Δe| per SNR level, deconvolution stamps/s;
+* ``deconvbench run --method M --metacal --dataset metacal-v2 --split S --n N_MCAL`` for
+  S in noiseless, snr50, snr20, leakage: m ± σm and c per split, α on the leakage split;
+
+and writes ``OUT/ablation.md`` (one row per variant, plus the reference methods named
+with ``--reference``) and ``OUT/ablation.json``. Each row's commands are in the JSON.
+
+    python benchmarks/deconvnet_ablation.py --out out/ablation --variants all --reference fft deconvnet-torch
+
+Not an asv benchmark (asv collects only ``bench_*.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+SNRS = ("10", "20", "40", "80", "200", "noiseless")
+MCAL_SPLITS = ("noiseless", "snr50", "snr20", "leakage")
+
+# name -> extra `deconvbench train` arguments (method deconvfilter unless --method given)
+VARIANTS: dict[str, list[str]] = {
+    "filter-pixel-qflat3": ["--set", "q_flat=3.0"],
+    "filter-pixel-qflat2": ["--set", "q_flat=2.0"],
+    "filter-pixel-qflat0": ["--set", "q_flat=0"],
+    "filter-band100-qflat0": ["--set", "q_flat=0", "--set", "band_weight=100"],
+}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deconvbench.cli", *args]
+
+
+def _run(cmd: list[str], log) -> None:
+    log.write("$ " + shlex.join(cmd[2:]) + "\n")
+    log.flush()
+    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def measure(method: str, options: list[str], out: Path, args, log) -> dict:
+    """Run the test split and the metacal splits; return the row and its commands."""
+    out.mkdir(parents=True, exist_ok=True)
+    opts = [x for o in options for x in ("--option", o)]
+    commands = []
+    test_json = out / "test.json"
+    cmd = _cli("run", "--method", method, *opts, "--dataset", args.dataset, "--split", "test",
+               "--n", str(args.n_test), "--out", str(test_json))  # fmt: skip
+    if not test_json.exists():
+        _run(cmd, log)
+    commands.append(shlex.join(["deconvbench", *cmd[3:]]))
+    test = json.loads(test_json.read_text())
+    row: dict = {"method": method, "options": options}
+    by_snr = test["metrics"]["by_snr"]
+    row["nmse"] = {s: by_snr[s]["nmse"]["mean"] for s in SNRS if s in by_snr}
+    row["e_err"] = {s: by_snr[s]["e_err"]["mean"] for s in SNRS if s in by_snr}
+    row["stamps_per_s"] = test["throughput"]["deconv_gal_per_s"]
+    row["device"] = test["throughput"].get("device")
+    for split in MCAL_SPLITS:
+        path = out / f"metacal-{split}.json"
+        cmd = _cli("run", "--method", method, *opts, "--metacal", "--dataset", "metacal-v2", "--split", split,
+                   "--n", str(args.n_mcal), "--out", str(path))  # fmt: skip
+        if not path.exists():
+            _run(cmd, log)
+        commands.append(shlex.join(["deconvbench", *cmd[3:]]))
+        mc = json.loads(path.read_text())["metacal"]
+        row[split] = {k: mc.get(k) for k in ("m", "m_err", "c", "c_err", "alpha", "alpha_err")}
+    row["commands"] = commands
+    return row
+
+
+def _fmt(x, spec=".3g") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    head = (
+        ["variant"]
+        + [f"NMSE {s}" for s in SNRS]
+        + [f"\\|Δe\\| {s}" for s in SNRS]
+        + ["m noiseless", "m SNR 50", "m SNR 20", "c SNR 50", "α", "stamps/s"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, r in rows.items():
+        cells = [name]
+        cells += [_fmt(r["nmse"].get(s)) for s in SNRS]
+        cells += [_fmt(r["e_err"].get(s)) for s in SNRS]
+        for split in ("noiseless", "snr50", "snr20"):
+            cells.append(f"{_fmt(r[split]['m'], '+.2e')} ± {_fmt(r[split]['m_err'], '.1e')}")
+        cells.append(f"{_fmt(r['snr50']['c'], '+.1e')} ± {_fmt(r['snr50']['c_err'], '.1e')}")
+        cells.append(f"{_fmt(r['leakage']['alpha'], '+.2e')} ± {_fmt(r['leakage']['alpha_err'], '.1e')}")
+        cells.append(_fmt(r["stamps_per_s"], ".0f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("out/ablation"))
+    parser.add_argument("--variants", nargs="*", default=["all"], help="variant names (default all)")
+    parser.add_argument("--reference", nargs="*", default=[], help="registered methods to measure as they are")
+    parser.add_argument("--dataset", default="ground-v2")
+    parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--n-val", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=2000)
+    parser.add_argument("--n-mcal", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ship", default=None, help="variant to ship as the default weights for --dataset")
+    args = parser.parse_args(argv)
+    names = list(VARIANTS) if args.variants == ["all"] else args.variants
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        print(f"unknown variant(s): {', '.join(unknown)} (known: {', '.join(VARIANTS)})", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+    with open(args.out / "ablation.log", "a") as log:
+        for ref in args.reference:
+            rows[ref] = measure(ref, [], args.out / ref, args, log)
+        for name in names:
+            vdir = args.out / name
+            weights = vdir / "best.npz"
+            train_cmd = _cli("train", "--method", "deconvfilter", "--dataset", args.dataset,
+                             "--n-train", str(args.n_train), "--n-val", str(args.n_val), "--epochs", str(args.epochs),
+                             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--device", args.device,
+                             "--threads", str(args.threads), *VARIANTS[name], "--out", str(vdir))  # fmt: skip
+            if not weights.exists():
+                _run(train_cmd, log)
+            row = measure("deconvfilter", [f"deconvfilter.weights={weights}"], vdir, args, log)
+            row["commands"].insert(0, shlex.join(["deconvbench", *train_cmd[3:]]))
+            rows[name] = row
+    (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "ablation.md").write_text(markdown(rows))
+    print(markdown(rows))
+    if args.ship:
+        ship(args.ship, rows[args.ship], args.out / args.ship, args.dataset)
+    return 0
+
+
+def ship(name: str, row: dict, vdir: Path, dataset: str) -> None:
+    """Copy VARIANT's best.npz to the shipped weights ``weights/deconvfilter-DATASET.npz``
+    and write its model card beside it: the training card plus the test and metacal
+    measurements of this script (with their commands)."""
+    from deconvbench.atomic import atomic_write, write_json_atomic
+    from deconvbench_baselines.deconvnet.filter_plugin import default_filter_weights_path
+
+    target = default_filter_weights_path(dataset)
+    blob = (vdir / "best.npz").read_bytes()
+    atomic_write(target, lambda f: f.write(blob))
+    card = json.loads((vdir / "model_card.json").read_text())
+    card["variant"] = name
+    card["measured"] = {key: value for key, value in row.items() if key not in ("options",)}
+    card["measured"]["weights_option"] = "default weights of deconvfilter (dataset=" + dataset + ")"
+    write_json_atomic(target.with_suffix(".json"), card, indent=1, sort_keys=True)
+    print(f"shipped {name} as {target.name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
