@@ -120,6 +120,14 @@ class PSFErrorBlock(_Open):
     analytic: PSFErrorAnalytic | None = None
 
 
+class Evaluation(_Open):
+    """Whether a trained method ran on data like its training data (absent for untrained methods)."""
+
+    family: Literal["in-family", "out-of-family"]
+    trained_on: str | None = Field(description="the training card of the method's weights")
+    reasons: list[str] = Field(description="why out-of-family (PSF families, pixel scale, stamp size, target)")
+
+
 class ResultFile(_Open):
     """One run of one method on one dataset split."""
 
@@ -138,6 +146,7 @@ class ResultFile(_Open):
     command: str | None
     metacal: Metacal | None = None
     psf_error: PSFErrorBlock | None = Field(None, description="PSF-model error given to the method (--psf-error)")
+    evaluation: Evaluation | None = Field(None, description="in-family or out-of-family (trained methods)")
 
 
 def validation_problem(data: Any) -> str | None:
