@@ -91,6 +91,7 @@ DISPLAYED_TEXT = (
     "dataset.card",
     "dataset.split",
     "git_commit",
+    "evaluation",
 )
 
 

@@ -13,7 +13,13 @@ from deconvbench.cards import load_card
 from deconvbench.errors import MethodError
 from deconvbench.family import evaluation_block, training_card_families
 from deconvbench.harness import run_method
-from deconvbench.leaderboard import canonical_name, leaderboard_sections, render_leaderboard
+from deconvbench.leaderboard import (
+    SubmissionError,
+    canonical_name,
+    leaderboard_sections,
+    render_leaderboard,
+    validate_result,
+)
 from deconvbench.methods import Batch, load_method
 from deconvbench.report.leaderboard_html import render_leaderboard_html
 from deconvbench.results_schema import validation_problem
@@ -131,3 +137,12 @@ def test_leaderboard_keeps_psf_error_and_out_of_family_rows_apart(tmp_path):
     assert "pixel_scale_arcsec 0.1" in robustness
     page = render_leaderboard_html(tmp_path)
     assert "<h2>Robustness: PSF-model errors and unseen PSFs</h2>" in page and "reference (no training)" in page
+
+
+def test_evaluation_text_is_checked_for_markup_on_submission():
+    net = _result("metacal-v2-v2_noiseless_n2000_deconvnet-torch.json")
+    net["evaluation"] = {"family": "out-of-family", "trained_on": "ground-v1", "reasons": ["pixel scale"]}
+    validate_result(net)
+    net["evaluation"]["reasons"] = ["a | b"]
+    with pytest.raises(SubmissionError, match="evaluation.reasons"):
+        validate_result(net)
