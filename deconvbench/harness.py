@@ -39,7 +39,7 @@ from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, mea
 from .metacal.psf_fit import reconv_fwhm
 from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
-from .psf_error import ModelPSFs, PSFError
+from .psf_error import ModelPSFs, PSFError, result_block
 from .results_schema import SCHEMA_VERSION
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import CONTENT_KEYS, ContentHasher, open_dataset
@@ -374,8 +374,6 @@ def run_method(
     attrs = {**attrs, "checksum_recorded": attrs["checksum"], "checksum": hasher.hexdigest()}
     result = build_result(method, attrs, params, state, batch_size, memory, command, metacal)
     if psf_error is not None:
-        from .psf_error import result_block
-
         result["psf_error"] = result_block(data_path, psf_error, metacal.step if metacal else 0.01)
     if evaluation is not None:
         result["evaluation"] = evaluation
