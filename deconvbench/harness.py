@@ -39,6 +39,7 @@ from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, mea
 from .metacal.psf_fit import reconv_fwhm
 from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
+from .psf_error import ModelPSFs, PSFError, result_block
 from .results_schema import SCHEMA_VERSION
 from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
 from .store import CONTENT_KEYS, ContentHasher, open_dataset
@@ -144,11 +145,17 @@ def _option_suffix(options: dict) -> str:
 
 
 def result_stem(
-    method: str, tag: str, n: int, full_n: int, options: dict | None = None, metacal: MetacalConfig | None = None
+    method: str,
+    tag: str,
+    n: int,
+    full_n: int,
+    options: dict | None = None,
+    metacal: MetacalConfig | None = None,
+    psf_error: PSFError | None = None,
 ) -> str:
     """File name stem of a run: method, card/split, then every choice that changes the
-    numbers (prefix of n stamps, method options, metacal estimator and fixnoise), so
-    different runs never overwrite each other."""
+    numbers (prefix of n stamps, method options, metacal estimator and fixnoise, PSF-model
+    error), so different runs never overwrite each other."""
     stem = f"{method}_{tag}"
     if n != full_n:
         stem += f"_n{n}"
@@ -158,6 +165,8 @@ def result_stem(
             stem += f"_{metacal.estimator}"
         if metacal.fixnoise:
             stem += "_fixnoise"
+    if psf_error is not None:
+        stem += f"_{psf_error.tag()}"
     return stem
 
 
@@ -168,6 +177,7 @@ def plan_outputs(
     out: Path | None,
     save_outputs: Path | None,
     metacal: MetacalConfig | None = None,
+    psf_error: PSFError | None = None,
 ) -> list[RunPlan]:
     """Result and estimate paths of every run, checked before any work starts.
 
@@ -183,7 +193,7 @@ def plan_outputs(
             full_n = int(dataset.card.get("splits", {}).get(attrs["split"], {}).get("n", n))
         tag = f"{attrs['card_name']}-v{attrs['card_version']}_{attrs['split']}"
         for name in methods:
-            stem = result_stem(name, tag, n, full_n, options.get(name), metacal)
+            stem = result_stem(name, tag, n, full_n, options.get(name), metacal, psf_error)
             if out is None:
                 result = Path("out") / f"{stem}.json"
             else:
@@ -245,8 +255,13 @@ def run_method(
     progress: Callable[[int], None] | None = None,
     command: str | None = None,
     metacal: MetacalConfig | None = None,
+    psf_error: PSFError | None = None,
 ) -> dict:
     """Run ``method`` on every stamp of ``data_path``; write and return the result dict.
+
+    With ``psf_error`` (a :class:`deconvbench.psf_error.PSFError`), the method and the
+    metacal step's fit of Γ get model PSF stamps instead of the stored ones (the true PSF
+    of the stamps is unchanged) and the result gets a ``psf_error`` block.
 
     With ``metacal`` (a :class:`deconvbench.metacal.measure.MetacalConfig`), every batch
     also goes through the metacal step (``measure_batch``) and the result gets a
@@ -271,6 +286,10 @@ def run_method(
             "n": n,
             "metacal": metacal.to_dict() if metacal else None,
         }
+        if psf_error is not None:
+            identity["psf_error"] = psf_error.to_dict()
+        models = ModelPSFs(_card(dataset), params, psf_error) if psf_error is not None else None
+        evaluation = _evaluation(method, dataset)
         identity = json.loads(json.dumps(_json_safe(identity)))
         state = None
         if resume and ckpt.exists():
@@ -319,6 +338,8 @@ def run_method(
                 )
                 count = len(truth)
                 sl = slice(start, start + count)
+                if models is not None:  # what the method is told: the model PSF
+                    batch = replace(batch, psf=models.stamps(params[sl]))
                 if metacal:
                     _measure_truth_floor(batch, truth, metacal, state, sl)
                 estimate, status, error = _call_method(method, batch, state)
@@ -352,12 +373,32 @@ def run_method(
             writer.close()
     attrs = {**attrs, "checksum_recorded": attrs["checksum"], "checksum": hasher.hexdigest()}
     result = build_result(method, attrs, params, state, batch_size, memory, command, metacal)
+    if psf_error is not None:
+        result["psf_error"] = result_block(data_path, psf_error, metacal.step if metacal else 0.01)
+    if evaluation is not None:
+        result["evaluation"] = evaluation
     write_json_atomic(out, _json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result
 
 
 STREAMED_KEYS = tuple(key for key in CONTENT_KEYS if key != "params")
+
+
+def _evaluation(method, dataset) -> dict | None:
+    """In-family / out-of-family block of a trained method (:mod:`deconvbench.family`)."""
+    if not hasattr(method, "training_domain"):
+        return None
+    from .family import evaluation_block
+
+    return evaluation_block(method.training_domain(), _card(dataset))
+
+
+def _card(dataset):
+    """The dataset's card (recorded in the file) as a :class:`~deconvbench.cards.DatasetCard`."""
+    from .cards import DatasetCard
+
+    return DatasetCard.model_validate(dataset.card)
 
 
 def _read(dataset, key: str, start: int, stop: int | None) -> np.ndarray:

@@ -20,7 +20,9 @@ from tabulate import tabulate
 from .atomic import atomic_write
 from .cards import expected_checksum, load_card
 from .errors import CardError, DeconvbenchError
+from .family import OUT_OF_FAMILY
 from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT, requirement_verdict
+from .psf_error import PSFError
 from .results_schema import SCHEMA_VERSION, validation_problem
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -89,6 +91,7 @@ DISPLAYED_TEXT = (
     "dataset.card",
     "dataset.split",
     "git_commit",
+    "evaluation",
 )
 
 
@@ -178,6 +181,10 @@ def _variant(data: dict) -> str:
         parts.append(str(block["estimator"]))
     if block.get("fixnoise"):
         parts.append("fixnoise")
+    if data.get("psf_error"):  # a model PSF with an error: kept apart from the exact-PSF rows
+        parts.append(PSFError(**{k: float(data["psf_error"][k]) for k in ("size", "e1", "e2")}).tag())
+    if (data.get("evaluation") or {}).get("family") == OUT_OF_FAMILY:
+        parts.append(OUT_OF_FAMILY)
     return "".join(f"_{p}" for p in parts)
 
 
@@ -248,6 +255,8 @@ def leaderboard_sections(results_dir: str | Path) -> list[dict]:
     ``leaderboard.md`` and ``leaderboard.html`` are both rendered from this."""
     by_dataset: dict[tuple, list[dict]] = {}
     for result in load_results(results_dir):
+        if result.get("psf_error"):  # runs with a PSF-model error: the robustness section only
+            continue
         ds = result["dataset"]
         # results on a prefix of a split (dataset.n) are ranked only against the same stamps
         by_dataset.setdefault((ds["card"], ds["version"], ds["split"], ds["n"]), []).append(result)
@@ -363,4 +372,38 @@ def render_leaderboard(results_dir: str | Path) -> str:
         lines += [tabulate(out, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if not sections:
         lines += ["No results yet.", ""]
+    lines += robustness_markdown(load_results(results_dir))
     return "\n".join(lines)
+
+
+def robustness_markdown(results: list[dict]) -> list[str]:
+    """The robustness section (:mod:`deconvbench.robustness`) as markdown lines; none
+    without PSF-error or trained-method results."""
+    from .robustness import (
+        FAMILY_COLUMNS,
+        FAMILY_NOTE,
+        SENSITIVITY_COLUMNS,
+        SENSITIVITY_NOTE,
+        family_rows,
+        sensitivity_rows,
+    )
+
+    sensitivity, family = sensitivity_rows(results), family_rows(results)
+    if not sensitivity and not family:
+        return []
+    lines = ["## Robustness: PSF-model errors and unseen PSFs", ""]
+    for title, note, headers, rows in (
+        ("PSF-model sensitivities", SENSITIVITY_NOTE, SENSITIVITY_COLUMNS, sensitivity),
+        ("In-family and out-of-family", FAMILY_NOTE, FAMILY_COLUMNS, family),
+    ):
+        if rows:
+            body = [row[:-1] + [f"`{row[-1]}`"] if headers[-1] == "result file" else row for row in rows]
+            lines += [
+                f"### {title}",
+                "",
+                note,
+                "",
+                tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
+                "",
+            ]
+    return lines

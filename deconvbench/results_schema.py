@@ -104,6 +104,30 @@ class Metacal(_Open):
     by_snr: dict[str, Any] = {}
 
 
+class PSFErrorAnalytic(_Open):
+    K: float | None = Field(description="response-weighted T_psf/T_gal of the run's stamps (adaptive moments)")
+    dm_dsize: float | None = Field(None, description="expected dm/d(dT/T) = K")
+    dc_de: float | None = Field(None, description="expected dc_i/d(e_i) = -K (e_i a reduced shear)")
+
+
+class PSFErrorBlock(_Open):
+    """The PSF-model error the method was given (model − true); absent for exact-PSF runs."""
+
+    size: float = Field(gt=-1, description="relative error of the PSF size T = Ixx+Iyy (dilation sqrt(1+size))")
+    e1: float = Field(description="reduced shear applied to the model PSF, component 1")
+    e2: float = Field(description="reduced shear applied to the model PSF, component 2")
+    convention: str
+    analytic: PSFErrorAnalytic | None = None
+
+
+class Evaluation(_Open):
+    """Whether a trained method ran on data like its training data (absent for untrained methods)."""
+
+    family: Literal["in-family", "out-of-family"]
+    trained_on: str | None = Field(description="the training card of the method's weights")
+    reasons: list[str] = Field(description="why out-of-family (PSF families, pixel scale, stamp size, target)")
+
+
 class ResultFile(_Open):
     """One run of one method on one dataset split."""
 
@@ -121,6 +145,8 @@ class ResultFile(_Open):
     timestamp: str
     command: str | None
     metacal: Metacal | None = None
+    psf_error: PSFErrorBlock | None = Field(None, description="PSF-model error given to the method (--psf-error)")
+    evaluation: Evaluation | None = Field(None, description="in-family or out-of-family (trained methods)")
 
 
 def validation_problem(data: Any) -> str | None:

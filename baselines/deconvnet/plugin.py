@@ -51,8 +51,18 @@ class _DeconvNetBase:
     extra = ""
 
     def __init__(
-        self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET, device: str = "auto"
+        self,
+        weights: str | None = None,
+        batch_size: int = 256,
+        dataset: str = DEFAULT_DATASET,
+        device: str = "auto",
+        allow_out_of_family: bool = False,
     ):
+        if not isinstance(allow_out_of_family, bool):
+            raise MethodError(f"allow_out_of_family must be true or false, got {allow_out_of_family!r}")
+        # explicit opt-in: run on data whose pixel scale or target differ from the training
+        # data's (the result is then marked out-of-family, see training_domain)
+        self.allow_out_of_family = allow_out_of_family
         try:
             self.batch_size = int(batch_size)
         except (TypeError, ValueError):
@@ -129,7 +139,10 @@ class _DeconvNetBase:
 
     def _check_geometry(self, batch: Batch) -> None:
         """Refuse data whose pixel scale or target PSF differ from the training data's
-        (when the weights record them): the output would silently be for the wrong target."""
+        (when the weights record them): the output would silently be for the wrong target.
+        ``allow_out_of_family=True`` runs anyway (an out-of-family evaluation)."""
+        if self.allow_out_of_family:
+            return
         for key, value in (
             ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
             ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
@@ -141,7 +154,18 @@ class _DeconvNetBase:
                     f"the data has {value}; use weights trained for this dataset"
                 )
 
+    def training_domain(self) -> dict[str, Any]:
+        """What the weights were trained on (:mod:`deconvbench.family`): card, geometry."""
+        return {
+            "card": self.metadata.get("dataset"),
+            "psf_families": self.metadata.get("psf_families"),
+            "pixel_scale_arcsec": self.metadata.get("pixel_scale_arcsec"),
+            "stamp_size": self.metadata.get("stamp_size"),
+            "target_fwhm_arcsec": self.metadata.get("target_fwhm_arcsec"),
+        }
+
     def params(self) -> dict[str, Any]:
+        extra = {"allow_out_of_family": True} if self.allow_out_of_family else {}
         return {
             "framework": self.framework,
             "weights": self.weights_path.name,
@@ -151,6 +175,7 @@ class _DeconvNetBase:
             "trained_on": self.metadata.get("dataset"),
             "batch_size": self.batch_size,
             "device": self.device,
+            **extra,
         }
 
 

@@ -48,6 +48,7 @@ def _root(
 
 
 from . import bias, demo, generate, leaderboard, listing, report, run, submit, train, validate_render, verify  # noqa: E402,F401  (registers)
+from .sensitivity import sensitivity as _sensitivity  # noqa: E402,F401  (registers)
 
 
 def _raise_interrupt(signum, frame):

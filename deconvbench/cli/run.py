@@ -45,15 +45,23 @@ def run(
     device: str | None = typer.Option(
         None, "--device", help="metacal: run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
+    psf_error: str | None = typer.Option(
+        None,
+        "--psf-error",
+        help="give the method (and the metacal fit of Γ) a model PSF with this error, e.g. size=0.01,e1=0.002: "
+        "size = dT/T, e1/e2 = reduced shear, model − true",
+    ),
 ) -> None:
     """Run one or more deconvolvers over a dataset and print the comparison table."""
     from ..dataset_files import resolve_run_files
     from ..errors import DeconvbenchError, UsageError
     from ..harness import plan_outputs, run_method
     from ..methods import load_method
+    from ..psf_error import parse_psf_error
     from ..tables import comparison_table, metacal_table
 
     options = parse_options(option)
+    model_error = parse_psf_error(psf_error) if psf_error is not None else None
     unknown = set(options) - set(method)
     if unknown:
         raise UsageError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
@@ -70,7 +78,9 @@ def run(
         path
         for path, _ in resolve_run_files(data, dataset, split, n, workers, metacal, progress=progress_task, notify=note)
     ]
-    plans = plan_outputs(files, method, options, out, save_outputs, mcal_config)  # checks every output first
+    plans = plan_outputs(
+        files, method, options, out, save_outputs, mcal_config, model_error
+    )  # checks every output first
     command = command_line()
     instances: dict = {}
     results = []
@@ -88,6 +98,7 @@ def run(
                 progress=advance,
                 command=command,
                 metacal=mcal_config,
+                psf_error=model_error,
             )
         failures = result["failures"]
         if failures["stamps_failed"]:

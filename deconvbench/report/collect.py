@@ -73,6 +73,8 @@ def load_sections(results_dir: str | Path) -> list[Section]:
         raise ReportError(f"no result files (*.json) in {results_dir}: run `deconvbench run` first")
     sections: dict[tuple, Section] = {}
     for result in results:
+        if result.get("psf_error"):  # PSF-model error runs: the leaderboard's robustness section
+            continue
         try:
             ds = result["dataset"]
             key = (ds["card"], str(ds["version"]), None if "metacal" in result else ds["split"])

@@ -13,7 +13,13 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ..leaderboard import LEADERBOARD_NOTE, leaderboard_cells, leaderboard_columns, leaderboard_sections
+from ..leaderboard import (
+    LEADERBOARD_NOTE,
+    leaderboard_cells,
+    leaderboard_columns,
+    leaderboard_sections,
+    load_results,
+)
 
 # raw value behind each column (sort key); abs: sort by magnitude
 _SORT_KEYS = {
@@ -118,5 +124,41 @@ def render_leaderboard_html(results_dir: str | Path) -> str:
         parts += [f"<h2>{html.escape(title)}</h2>", section_table(section)]
     if not sections:
         parts.append("<p>No results yet.</p>")
+    parts += robustness_html(results_dir)
     parts += [f"<script>{SCRIPT}</script>", "</body></html>", ""]
     return "\n".join(parts)
+
+
+def robustness_html(results_dir: str | Path) -> list[str]:
+    """The robustness tables of ``leaderboard.md`` (:mod:`deconvbench.robustness`) as HTML."""
+    from ..robustness import (
+        FAMILY_COLUMNS,
+        FAMILY_NOTE,
+        SENSITIVITY_COLUMNS,
+        SENSITIVITY_NOTE,
+        family_rows,
+        sensitivity_rows,
+    )
+
+    results = load_results(results_dir)
+    tables = [
+        ("PSF-model sensitivities", SENSITIVITY_NOTE, SENSITIVITY_COLUMNS, sensitivity_rows(results)),
+        ("In-family and out-of-family", FAMILY_NOTE, FAMILY_COLUMNS, family_rows(results)),
+    ]
+    if not any(rows for *_, rows in tables):
+        return []
+    parts = ["<h2>Robustness: PSF-model errors and unseen PSFs</h2>"]
+    for title, note, columns, rows in tables:
+        if not rows:
+            continue
+        head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in columns)
+        body = "\n".join(
+            "<tr>" + "".join(f'<td data-v="{html.escape(v)}">{html.escape(v)}</td>' for v in row) + "</tr>"
+            for row in rows
+        )
+        parts += [
+            f"<h3>{html.escape(title)}</h3>",
+            f'<p class="note">{html.escape(note.replace("`", ""))}</p>',
+            f'<table class="sortable"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>',
+        ]
+    return parts
