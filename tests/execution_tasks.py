@@ -89,5 +89,32 @@ def client_main(argv: list[str]) -> int:
     return 0
 
 
+def run_client_main(argv: list[str]) -> None:
+    """``deconvbench run ARGS`` (argv: ``FOLDER ARGS...``) whose progress bar, when the first
+    task has come back, writes ``FOLDER/started`` and waits for the test's Ctrl-C; on exit
+    says how many worker processes the executor's shutdown left alive."""
+    import contextlib
+
+    from deconvbench import cli
+    from deconvbench.cli import run as run_command
+
+    folder, args = argv[0], argv[1:]
+
+    @contextlib.contextmanager
+    def waiting_progress(description, total):
+        def advance(count):
+            Path(folder, "started").write_text(str(os.getpid()))
+            time.sleep(600)
+
+        yield advance
+
+    run_command.progress_task = waiting_progress
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        print(f"exit {exc.code}; worker processes left: {len(live_workers())}", file=sys.stderr)
+        raise
+
+
 if __name__ == "__main__":
     sys.exit(client_main(sys.argv[1:]))

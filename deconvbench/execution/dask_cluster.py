@@ -14,12 +14,15 @@ and the scheduler reruns its tasks elsewhere; a task is given up, as
 raise are not retried: tasks are deterministic, a second run would raise again.
 
 Dask's own worker processes exit when the process that started them dies (a pipe to the
-parent is watched), so a LocalCluster leaves no orphans either.
+parent is watched), so a LocalCluster leaves no orphans either; they ignore SIGINT (Ctrl-C
+in a terminal reaches the whole process group), and the client shuts them down.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import uuid
 from collections import deque
 from pathlib import Path
@@ -49,6 +52,18 @@ class ThreadLimitPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         limit_threads(self.blas_threads)
+
+
+class IgnoreInterruptPlugin(WorkerPlugin):
+    """Ctrl-C belongs to the client: the worker processes of a LocalCluster started here
+    ignore SIGINT (a terminal sends it to the whole process group), so that the client shuts
+    them down instead of each printing its own KeyboardInterrupt traceback."""
+
+    name = "deconvbench-ignore-sigint"
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DaskExecutor(Executor):
@@ -112,6 +127,7 @@ class DaskExecutor(Executor):
                     silence_logs=logging.ERROR,
                 )
             self.client = distributed.Client(self.cluster, set_as_default=False)
+            self.client.register_plugin(IgnoreInterruptPlugin())
         self.client.register_plugin(ThreadLimitPlugin(self.blas_threads))
 
     def worker_pids(self) -> list[int]:
