@@ -27,6 +27,13 @@ def thread_settings(_task) -> tuple[str | None, int]:
     return os.environ.get("OMP_NUM_THREADS"), max(pool["num_threads"] for pool in threadpool_info())
 
 
+def malloc_and_profiler(_task) -> tuple[str | None, bool | None]:
+    """(MALLOC_TRIM_THRESHOLD_ in the environment, whether a Dask worker's profiler is on)."""
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled", None)
+
+
 def render(task: tuple[str, str, int, int]) -> dict:
     """One chunk of a real dataset: ``render_chunk(card_json, split, first_group, n_groups)``."""
     from deconvbench.sim.generate import render_chunk

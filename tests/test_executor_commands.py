@@ -33,16 +33,22 @@ BIAS_CHUNK_GROUPS = 2  # 8 tasks of 8 stamps
 def shared_cluster():
     """One LocalCluster of 2 single-thread worker processes (with nannies, which restart a
     killed worker) shared by the tests of this module: workers stay warm between tests."""
+    import dask
+
+    from deconvbench.execution.dask_cluster import LOCAL_CLUSTER_CONFIG
     from deconvbench.execution.worker import thread_env
 
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env=thread_env(1),
-        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-    ) as cluster:
+    with (
+        dask.config.set(LOCAL_CLUSTER_CONFIG),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=thread_env(1),
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+    ):
         yield ExecutorSpec(kind="dask", scheduler=cluster.scheduler_address)
 
 
