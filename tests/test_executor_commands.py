@@ -385,7 +385,8 @@ def test_ctrl_c_of_a_dask_run_leaves_no_worker_behind(run_metacal_file, tmp_path
         stderr = proc.stderr.read()
         assert returncode == 130, stderr
         assert "interrupted: stopped before completion" in stderr
-        assert "exit 130; worker processes left: 0" in stderr and "Traceback" not in stderr
+        assert "exit 130; worker processes left: 0" in stderr
+        assert "KeyboardInterrupt" not in stderr  # the workers ignore the terminal's SIGINT
         assert _wait_all_gone(descendants, 2) == []
         assert checkpoint_path(out).exists() and not out.exists()
     finally:
