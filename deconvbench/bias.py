@@ -48,6 +48,8 @@ from .atomic import atomic_write, check_writable, write_json_atomic
 from .cards import DatasetCard
 from .errors import DeconvbenchError, MethodError
 from .execution import ExecutorSpec, make_executor
+from .execution.method_cache import MethodRef
+from .execution.method_cache import worker_method as _worker_method
 from .metacal.bias import _ratio_stats
 from .metacal.measure import (
     C_REQUIREMENT,
@@ -228,29 +230,6 @@ def _extend_chain(chain: str, digests: list[str]) -> str:
     for digest in digests:
         chain = hashlib.sha256(bytes.fromhex(chain) + bytes.fromhex(digest)).hexdigest()
     return chain
-
-
-@dataclass(frozen=True)
-class MethodRef:
-    """A method a worker builds itself: ``load_method(name, **options)``."""
-
-    name: str
-    options_json: str = "{}"
-
-
-_WORKER_METHODS: dict[MethodRef, object] = {}
-
-
-def _worker_method(method):
-    """The method instance of a task: the instance itself (inline runs) or, for a
-    :class:`MethodRef`, the one this worker process built at its first task."""
-    if not isinstance(method, MethodRef):
-        return method
-    if method not in _WORKER_METHODS:
-        from .methods import load_method
-
-        _WORKER_METHODS[method] = load_method(method.name, **json.loads(method.options_json))
-    return _WORKER_METHODS[method]
 
 
 @dataclass(frozen=True)

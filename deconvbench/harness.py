@@ -16,10 +16,20 @@ file is read once, no second pass); the result records the verified value
 (``dataset.checksum``), the value stored in the file (``dataset.checksum_recorded``) and
 whether they agree (``dataset.checksum_verified``), so an edited file cannot pass for the
 published data. Throughput counts only stamps that produced an estimate.
+
+The work of one batch is :func:`process_batch`, wherever it runs. With an executor
+(:mod:`deconvbench.execution`: local processes or a Dask cluster) a task is a range of
+batches of one file, :func:`run_batch_range` of a :class:`RunTask`: the worker reads the
+range, runs its own instance of the method (built once per worker process) and returns
+the per-stamp results; this process merges them in index order and stays the only writer
+of the result, the estimates file and the checkpoint (saved after every task, so a killed
+run resumes at a task boundary, on any executor). Per-stamp numbers are bit-identical for
+any executor, worker count and task size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +45,8 @@ import numpy as np
 
 from .atomic import atomic_write, check_writable, write_json_atomic
 from .errors import DataError, OutputError, UsageError
+from .execution import ExecutorSpec, make_executor
+from .execution.method_cache import MethodRef, worker_method
 from .metacal.measure import MEASUREMENT_KEYS, MetacalConfig, measure_batch, measure_deconvolved, summarise
 from .metacal.psf_fit import reconv_fwhm
 from .methods import Batch, Deconvolver
@@ -62,12 +74,14 @@ class RunState:
     mcal: dict[str, np.ndarray] = field(default_factory=dict)
     mcal_truth: dict[str, np.ndarray] = field(default_factory=dict)
     metacal_seconds: float = 0.0
+    wall_seconds: float = 0.0
 
     def save(self, path: Path) -> None:
         meta = {
             "next_index": self.next_index,
             "deconv_seconds": self.deconv_seconds,
             "metacal_seconds": self.metacal_seconds,
+            "wall_seconds": self.wall_seconds,
             "errors": self.errors,
             "identity": self.identity,
         }
@@ -92,6 +106,7 @@ class RunState:
                 status = data["status"]
             state = cls(n=len(status), metrics=metrics, status=status, mcal=mcal, mcal_truth=mcal_truth)
             state.metacal_seconds = meta.get("metacal_seconds", 0.0)
+            state.wall_seconds = meta.get("wall_seconds", 0.0)
             state.next_index = int(meta["next_index"])
             state.deconv_seconds = float(meta["deconv_seconds"])
             state.errors = list(meta["errors"])
@@ -256,6 +271,9 @@ def run_method(
     command: str | None = None,
     metacal: MetacalConfig | None = None,
     psf_error: PSFError | None = None,
+    executor: ExecutorSpec | None = None,
+    method_options: dict | None = None,
+    task_batches: int | None = None,
 ) -> dict:
     """Run ``method`` on every stamp of ``data_path``; write and return the result dict.
 
@@ -266,7 +284,16 @@ def run_method(
     With ``metacal`` (a :class:`deconvbench.metacal.measure.MetacalConfig`), every batch
     also goes through the metacal step (``measure_batch``) and the result gets a
     ``metacal`` block (bias m, c, α with bootstrap errors, overall and per SNR level) and
-    ``throughput.metacal_gal_per_s``."""
+    ``throughput.metacal_gal_per_s``.
+
+    ``executor`` says where the batches run (default: in this process, with ``method``).
+    On an executor, a task is a range of ``task_batches`` consecutive batches (default
+    :func:`batches_per_task`) that a worker reads from the file and puts through
+    :func:`process_batch` with its own instance, ``load_method(method.name,
+    **method_options)`` built once per worker; this process merges the per-stamp results in
+    index order and stays the only writer of the result, the estimates and the checkpoint
+    (saved after every task). The numbers do not depend on the executor, the worker count
+    or ``task_batches``: batches are cut at the same indices everywhere."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     out = check_writable(out, "result file")
@@ -321,54 +348,40 @@ def run_method(
                     hasher.update(key, arrays[key])
             if progress:
                 progress(state.next_index)
+        since = time.perf_counter()
+        where = {"executor": "in-process", "workers": 1}
         with PeakMemory() as memory:
-            for start, arrays in _stream(dataset, batch_size, state.next_index, n):
-                for key in STREAMED_KEYS:
-                    hasher.update(key, arrays[key])
-                if metacal and not state.mcal:
-                    state.mcal = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
-                    state.mcal_truth = {key: np.full(n, np.nan) for key in MEASUREMENT_KEYS}
-                truth = arrays["truth"].astype(np.float64)
-                batch = Batch(
-                    observed=arrays["observed"],
-                    psf=arrays["psf"],
-                    noise_sigma=arrays["noise_sigma"],
-                    pixel_scale_arcsec=dataset.pixel_scale_arcsec,
-                    target_fwhm_arcsec=dataset.target_psf_fwhm_arcsec,
+            if executor is None or executor.kind == "inline":
+                outcomes = _outcomes_in_process(
+                    method, dataset, params, state.next_index, batch_size, metacal, hasher, writer is not None, models
                 )
-                count = len(truth)
-                sl = slice(start, start + count)
-                if models is not None:  # what the method is told: the model PSF
-                    batch = replace(batch, psf=models.stamps(params[sl]))
-                if metacal:
-                    _measure_truth_floor(batch, truth, metacal, state, sl)
-                estimate, status, error = _call_method(method, batch, state)
-                if estimate is not None:
-                    per_stamp = stamp_metrics(estimate, truth)
-                    finite = np.isfinite(estimate).all(axis=(1, 2))
-                    for key, values in per_stamp.items():
-                        if key not in state.metrics:
-                            state.metrics[key] = np.full(n, np.nan)
-                        state.metrics[key][sl] = np.where(finite, values, np.nan)
-                    state.status[sl] = np.where(finite, STATUS_OK, STATUS_NONFINITE)
-                    if not finite.all() and len(state.errors) < 20:
-                        state.errors.append(
-                            f"stamps {start}..{start + count - 1}: {int((~finite).sum())} non-finite estimate(s)"
-                        )
-                    if writer:
-                        writer.write(start, estimate.astype(np.float32))
-                    if metacal:
-                        _measure_metacal(method, batch, estimate, metacal, params["noise_seed"][sl], state, sl, start)
-                else:
-                    state.status[sl] = status
-                    if len(state.errors) < 20:
-                        state.errors.append(f"stamps {start}..{start + count - 1}: {error}")
-                state.next_index = start + count
-                if writer:
-                    writer.flush()
-                state.save(ckpt)
-                if progress:
-                    progress(count)
+            else:
+                task_method = MethodRef.of(method.name, method_options)
+                outcomes = _outcomes_on_executor(
+                    executor,
+                    task_method,
+                    dataset,
+                    state.next_index,
+                    batch_size,
+                    metacal,
+                    hasher,
+                    writer is not None,
+                    task_batches,
+                    where,
+                    psf_error,
+                )
+            with contextlib.closing(outcomes):  # an error or Ctrl-C here shuts the executor down at once
+                for outcome, range_done in outcomes:
+                    _merge_outcome(state, outcome, writer)
+                    if range_done:  # a checkpoint after every task (every batch in process)
+                        if writer:
+                            writer.flush()
+                        now = time.perf_counter()
+                        state.wall_seconds += now - since
+                        since = now
+                        state.save(ckpt)
+                    if progress:
+                        progress(outcome.part.n)
         if writer:
             writer.close()
     attrs = {**attrs, "checksum_recorded": attrs["checksum"], "checksum": hasher.hexdigest()}
@@ -377,12 +390,202 @@ def run_method(
         result["psf_error"] = result_block(data_path, psf_error, metacal.step if metacal else 0.01)
     if evaluation is not None:
         result["evaluation"] = evaluation
+    result["throughput"].update(_wall_throughput(state, where))
     write_json_atomic(out, _json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result
 
 
 STREAMED_KEYS = tuple(key for key in CONTENT_KEYS if key != "params")
+WORK_KEYS = ("observed", "psf", "noise_sigma", "truth")  # what a batch's work reads
+MAX_ERRORS = 20  # error messages kept in a result
+TASK_STAMPS = 2048  # stamps per executor task at most (about 8 s of fft + metacal per worker)
+TASKS_PER_WORKER = 4  # at least this many tasks per worker when the run is small
+
+
+def batches_per_task(n_batches: int, batch_size: int, workers: int) -> int:
+    """Batches in one executor task: at most ``TASK_STAMPS`` stamps, and small enough that
+    every worker gets ``TASKS_PER_WORKER`` tasks (load balance at the end of a run)."""
+    most = max(1, TASK_STAMPS // batch_size)
+    balanced = max(1, math.ceil(n_batches / (TASKS_PER_WORKER * max(1, workers))))
+    return min(most, balanced)
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch of stamps ``start .. start+part.n`` produced: its per-stamp state
+    (indices relative to the batch) and, when asked for, the estimates (float32)."""
+
+    start: int
+    part: RunState
+    estimate: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One executor task of a run: batches ``start .. stop`` (cut every ``batch_size``
+    stamps from the file's first stamp) of the dataset file ``data``."""
+
+    method: object  # a MethodRef (built by the worker), or the instance for in-process tasks
+    data: str
+    start: int
+    stop: int
+    batch_size: int
+    metacal: MetacalConfig | None
+    keep_estimates: bool
+    psf_error: PSFError | None = None  # the method is told a model PSF (see deconvbench.psf_error)
+
+
+def _batch_of(arrays: dict[str, np.ndarray], dataset, model_psf: np.ndarray | None = None) -> Batch:
+    """The method's input for one batch read from ``dataset``; with ``model_psf`` (a PSF-model
+    error run) the method is told that PSF instead of the stored one."""
+    return Batch(
+        observed=arrays["observed"],
+        psf=arrays["psf"] if model_psf is None else model_psf,
+        noise_sigma=arrays["noise_sigma"],
+        pixel_scale_arcsec=dataset.pixel_scale_arcsec,
+        target_fwhm_arcsec=dataset.target_psf_fwhm_arcsec,
+    )
+
+
+def process_batch(
+    method, batch: Batch, truth: np.ndarray, noise_seed: np.ndarray, start: int, metacal, keep_estimate: bool
+) -> BatchOutcome:
+    """The work of one batch, wherever it runs: deconvolve, check the output, image metrics
+    against ``truth`` (float64), and with ``metacal`` the metacal step and the truth floor.
+    A method that raises or returns the wrong shape marks the batch's stamps as failed."""
+    count = len(truth)
+    part = RunState(n=count, status=np.zeros(count, dtype=np.int8))
+    sl = slice(0, count)
+    if metacal:
+        part.mcal = {key: np.full(count, np.nan) for key in MEASUREMENT_KEYS}
+        part.mcal_truth = {key: np.full(count, np.nan) for key in MEASUREMENT_KEYS}
+        _measure_truth_floor(batch, truth, metacal, part, sl)
+    estimate, status, error = _call_method(method, batch, part)
+    kept = None
+    if estimate is not None:
+        per_stamp = stamp_metrics(estimate, truth)
+        finite = np.isfinite(estimate).all(axis=(1, 2))
+        part.metrics = {key: np.where(finite, values, np.nan) for key, values in per_stamp.items()}
+        part.status[:] = np.where(finite, STATUS_OK, STATUS_NONFINITE)
+        if not finite.all():
+            part.errors.append(f"stamps {start}..{start + count - 1}: {int((~finite).sum())} non-finite estimate(s)")
+        if keep_estimate:
+            kept = estimate.astype(np.float32)
+        if metacal:
+            _measure_metacal(method, batch, estimate, metacal, noise_seed, part, sl, start)
+    else:
+        part.status[:] = status
+        part.errors.append(f"stamps {start}..{start + count - 1}: {error}")
+    return BatchOutcome(start, part, kept)
+
+
+def run_batch_range(task: RunTask) -> list[BatchOutcome]:
+    """Read batches ``task.start .. task.stop`` from the file and process them (a pure
+    function of ``task``: the function an executor runs)."""
+    method = worker_method(task.method)
+    outcomes = []
+    with open_dataset(task.data) as dataset:
+        rows = _read(dataset, "params", task.start, task.stop)
+        noise_seed = rows["noise_seed"]
+        models = None
+        if task.psf_error is not None:  # the whole table: a PSF group's rows pick its FFT grid
+            models = ModelPSFs(_card(dataset), _read(dataset, "params", 0, None), task.psf_error)
+        for lo in range(task.start, task.stop, task.batch_size):
+            hi = min(lo + task.batch_size, task.stop)
+            arrays = {key: _read(dataset, key, lo, hi) for key in WORK_KEYS}
+            model_psf = None if models is None else models.stamps(rows[lo - task.start : hi - task.start])
+            batch = _batch_of(arrays, dataset, model_psf)
+            truth = arrays["truth"].astype(np.float64)
+            seeds = noise_seed[lo - task.start : hi - task.start]
+            outcomes.append(process_batch(method, batch, truth, seeds, lo, task.metacal, task.keep_estimates))
+    return outcomes
+
+
+def _outcomes_in_process(
+    method, dataset, params, start: int, batch_size: int, metacal, hasher, keep: bool, models=None
+):
+    """(outcome, True) per batch, run here; the content hash follows the stream. ``models``
+    (a :class:`~deconvbench.psf_error.ModelPSFs`) replaces the stored PSFs the method sees."""
+    for lo, arrays in _stream(dataset, batch_size, start, dataset.n):
+        for key in STREAMED_KEYS:
+            hasher.update(key, arrays[key])
+        truth = arrays["truth"].astype(np.float64)
+        sl = slice(lo, lo + len(truth))
+        model_psf = None if models is None else models.stamps(params[sl])
+        batch = _batch_of(arrays, dataset, model_psf)
+        yield process_batch(method, batch, truth, params["noise_seed"][sl], lo, metacal, keep), True
+
+
+def _outcomes_on_executor(
+    spec: ExecutorSpec,
+    task_method,
+    dataset,
+    start: int,
+    batch_size: int,
+    metacal,
+    hasher,
+    keep: bool,
+    task_batches,
+    where: dict,
+    psf_error: PSFError | None = None,
+):
+    """(outcome, last of its task) per batch, in index order, from tasks of batch ranges run
+    by the executor of ``spec``; this process reads the same ranges for the content hash.
+    ``where`` receives the executor's kind and worker count."""
+    n = dataset.n
+    with make_executor(spec) as executor:
+        where.update(executor=executor.kind, workers=executor.workers)
+        n_batches = math.ceil((n - start) / batch_size)
+        step = batch_size * (task_batches or batches_per_task(n_batches, batch_size, executor.workers))
+        tasks = (
+            RunTask(task_method, str(dataset.path), lo, min(lo + step, n), batch_size, metacal, keep, psf_error)
+            for lo in range(start, n, step)
+        )
+        for outcomes in executor.imap_ordered(run_batch_range, tasks):
+            for _, arrays in _stream(dataset, batch_size, outcomes[0].start, outcomes[-1].start + outcomes[-1].part.n):
+                for key in STREAMED_KEYS:
+                    hasher.update(key, arrays[key])
+            for index, outcome in enumerate(outcomes):
+                yield outcome, index == len(outcomes) - 1
+
+
+def _wall_throughput(state: RunState, where: dict) -> dict:
+    """Throughput of the whole run as the client saw it: stamps with an estimate per second
+    of wall-clock time (reading, deconvolution, metrics, metacal, executor overhead, all
+    workers together), next to ``deconv_gal_per_s`` and ``metacal_gal_per_s``, which divide
+    by compute seconds summed over workers (the rate of one worker)."""
+    ok = int(np.sum(state.status == STATUS_OK))
+    wall = state.wall_seconds
+    return {
+        "wall_seconds": wall,
+        "wall_gal_per_s": ok / wall if wall > 0 and ok else None,
+        "executor": where["executor"],
+        "workers": where["workers"],
+    }
+
+
+def _merge_outcome(state: RunState, outcome: BatchOutcome, writer) -> None:
+    """Put one batch's per-stamp results into the run's state (and its estimates into the
+    outputs file), at the batch's indices."""
+    part, n = outcome.part, state.n
+    sl = slice(outcome.start, outcome.start + part.n)
+    for key, values in part.metrics.items():
+        if key not in state.metrics:
+            state.metrics[key] = np.full(n, np.nan)
+        state.metrics[key][sl] = values
+    state.status[sl] = part.status
+    for whole, piece in ((state.mcal, part.mcal), (state.mcal_truth, part.mcal_truth)):
+        for key, values in piece.items():
+            if key not in whole:
+                whole[key] = np.full(n, np.nan)
+            whole[key][sl] = values
+    state.errors.extend(part.errors[: max(0, MAX_ERRORS - len(state.errors))])
+    state.deconv_seconds += part.deconv_seconds
+    state.metacal_seconds += part.metacal_seconds
+    state.next_index = sl.stop
+    if writer and outcome.estimate is not None:
+        writer.write(outcome.start, outcome.estimate)
 
 
 def _evaluation(method, dataset) -> dict | None:
@@ -431,7 +634,7 @@ def _measure_metacal(
         state.mcal["flags"][sl] = -1
         if len(state.errors) < 20:
             state.errors.append(
-                f"stamps {start}..{sl.stop - 1}: metacal step failed: {type(exc).__name__}: {exc} "
+                f"stamps {start}..{start + sl.stop - sl.start - 1}: metacal step failed: {type(exc).__name__}: {exc} "
                 f"({Path(where.filename).name}:{where.lineno})"
             )
         values = None

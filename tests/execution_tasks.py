@@ -27,6 +27,13 @@ def thread_settings(_task) -> tuple[str | None, int]:
     return os.environ.get("OMP_NUM_THREADS"), max(pool["num_threads"] for pool in threadpool_info())
 
 
+def malloc_and_profiler(_task) -> tuple[str | None, bool | None]:
+    """(MALLOC_TRIM_THRESHOLD_ in the environment, whether a Dask worker's profiler is on)."""
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get("distributed.worker.profile.enabled", None)
+
+
 def render(task: tuple[str, str, int, int]) -> dict:
     """One chunk of a real dataset: ``render_chunk(card_json, split, first_group, n_groups)``."""
     from deconvbench.sim.generate import render_chunk
@@ -87,6 +94,33 @@ def client_main(argv: list[str]) -> int:
         print(f"interrupted; worker processes left: {len(live_workers())}", file=sys.stderr)
         return 130
     return 0
+
+
+def run_client_main(argv: list[str]) -> None:
+    """``deconvbench run ARGS`` (argv: ``FOLDER ARGS...``) whose progress bar, when the first
+    task has come back, writes ``FOLDER/started`` and waits for the test's Ctrl-C; on exit
+    says how many worker processes the executor's shutdown left alive."""
+    import contextlib
+
+    from deconvbench import cli
+    from deconvbench.cli import run as run_command
+
+    folder, args = argv[0], argv[1:]
+
+    @contextlib.contextmanager
+    def waiting_progress(description, total):
+        def advance(count):
+            Path(folder, "started").write_text(str(os.getpid()))
+            time.sleep(600)
+
+        yield advance
+
+    run_command.progress_task = waiting_progress
+    try:
+        cli.main(args)
+    except SystemExit as exc:
+        print(f"exit {exc.code}; worker processes left: {len(live_workers())}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

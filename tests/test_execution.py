@@ -137,6 +137,14 @@ def test_workers_run_one_blas_thread_unless_asked(spec, threads):
         assert executor.map_ordered(tasks.thread_settings, [0]) == [(str(threads), threads)]
 
 
+@needs_dask
+def test_local_cluster_workers_keep_glibc_malloc_defaults_and_no_profiler(monkeypatch):
+    """dask's MALLOC_TRIM_THRESHOLD_ made rendering cost 40-50 % more CPU in its workers."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # as a fresh command starts
+    with make_executor(dask_spec(1)) as executor:
+        assert executor.map_ordered(tasks.malloc_and_profiler, [0]) == [(None, False)]
+
+
 # -- a worker dies mid-task --------------------------------------------------------------
 @pytest.mark.parametrize("spec", [ExecutorSpec("local", 2), on_dask(2)], ids=["local", "dask"])
 def test_a_killed_worker_has_its_task_rerun_nothing_lost_or_doubled(spec, tmp_path):

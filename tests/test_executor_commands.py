@@ -33,16 +33,22 @@ BIAS_CHUNK_GROUPS = 2  # 8 tasks of 8 stamps
 def shared_cluster():
     """One LocalCluster of 2 single-thread worker processes (with nannies, which restart a
     killed worker) shared by the tests of this module: workers stay warm between tests."""
+    import dask
+
+    from deconvbench.execution.dask_cluster import LOCAL_CLUSTER_CONFIG
     from deconvbench.execution.worker import thread_env
 
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env=thread_env(1),
-        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-    ) as cluster:
+    with (
+        dask.config.set(LOCAL_CLUSTER_CONFIG),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=thread_env(1),
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+    ):
         yield ExecutorSpec(kind="dask", scheduler=cluster.scheduler_address)
 
 
@@ -189,8 +195,9 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
     [
         ["generate", "smoke", "--split", "test"],
         ["bias", "--method", "fft", "--card", "smoke-metacal", "--split", "snr50", "--n", "8"],
+        ["run", "--method", "fft", "--dataset", "smoke", "--split", "test", "--executor", "local"],
     ],
-    ids=["generate", "bias"],
+    ids=["generate", "bias", "run"],
 )
 def test_bad_executor_options_are_one_line_exit_2(command, options, message, capsys, tmp_path):
     status, err = cli([*command, *options, "--out", str(tmp_path / "x")], capsys)
@@ -224,3 +231,164 @@ def test_the_generate_command_passes_its_executor_options(monkeypatch, capsys, t
         ExecutorSpec(kind="local", workers=2),
         ExecutorSpec(kind="inline", workers=1),
     ]
+
+
+# -- run -----------------------------------------------------------------------------------
+RUN_BATCH = 16  # 4 batches of the 64 smoke stamps; one batch per task
+
+
+def run_with_state(path, out, monkeypatch, **kwargs) -> tuple[dict, dict]:
+    """``run_method(fft, path, out, metacal with fixnoise, batch size 16, one batch per task, estimates saved
+    to OUT.h5, **kwargs)``: (result, the per-stamp arrays it was built from and the estimates)."""
+    import h5py
+
+    from deconvbench import harness
+    from deconvbench.metacal.measure import MetacalConfig
+
+    seen = {}
+    real_build = harness.build_result
+
+    def build_result(method, attrs, params, state, *args):
+        seen.update({f"metric:{k}": v for k, v in state.metrics.items()})
+        seen.update({f"mcal:{k}": v for k, v in state.mcal.items()})
+        seen.update({f"truth:{k}": v for k, v in state.mcal_truth.items()})
+        seen["status"] = state.status
+        return real_build(method, attrs, params, state, *args)
+
+    monkeypatch.setattr(harness, "build_result", build_result)
+    kwargs.setdefault("task_batches", 1)
+    outputs = out.with_suffix(".h5")
+    result = harness.run_method(
+        load_method("fft"),
+        path,
+        out,
+        batch_size=RUN_BATCH,
+        metacal=MetacalConfig(fixnoise=True),
+        save_outputs=outputs,
+        **kwargs,
+    )
+    with h5py.File(outputs) as f:
+        seen["estimate"] = f["estimate"][:]
+    return result, seen
+
+
+def same_per_stamp(a: tuple[dict, dict], b: tuple[dict, dict]) -> None:
+    """Bit-identical per-stamp metrics and metacal measurements, the same m, c and checksum."""
+    import numpy as np
+
+    (result_a, stamps_a), (result_b, stamps_b) = a, b
+    assert sorted(stamps_a) == sorted(stamps_b) and len(stamps_a) > 10
+    for key in stamps_a:
+        np.testing.assert_array_equal(stamps_a[key], stamps_b[key], err_msg=key)
+    same_numbers(result_a, result_b)
+    assert json.dumps(result_a["metrics"], sort_keys=True) == json.dumps(result_b["metrics"], sort_keys=True)
+    assert result_a["dataset"]["checksum_verified"] and result_b["dataset"]["checksum_verified"]
+
+
+@pytest.fixture(scope="module")
+def run_metacal_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "smoke-metacal-snr50.h5"
+    generate(load_card("smoke-metacal"), "snr50", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inline_run(run_metacal_file, tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        return run_with_state(run_metacal_file, tmp_path_factory.mktemp("inline-run") / "r.json", monkeypatch)
+    finally:
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize(
+    "spec", [ExecutorSpec(kind="local", workers=2), pytest.param(DASK_2, marks=needs_dask)], ids=["local", "dask"]
+)
+def test_run_gives_bit_identical_per_stamp_results_on_every_executor(
+    spec, run_metacal_file, inline_run, monkeypatch, tmp_path
+):
+    ran = run_with_state(run_metacal_file, tmp_path / "r.json", monkeypatch, executor=spec)
+    same_per_stamp(ran, inline_run)
+    throughput, reference = ran[0]["throughput"], inline_run[0]["throughput"]
+    assert (throughput["executor"], throughput["workers"]) == (spec.kind, 2)
+    assert (reference["executor"], reference["workers"]) == ("in-process", 1)
+    assert throughput["wall_gal_per_s"] > 0 and throughput["deconv_gal_per_s"] > 0
+
+
+def test_an_interrupted_executor_run_resumes_to_the_same_numbers(run_metacal_file, inline_run, monkeypatch, tmp_path):
+    """Stopped (Ctrl-C) after its first task on 2 local workers, resumed on the inline path."""
+    from deconvbench.harness import checkpoint_path
+
+    out = tmp_path / "r.json"
+    calls = []
+
+    def interrupt_after_first_task(count):
+        calls.append(count)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_with_state(
+            run_metacal_file,
+            out,
+            monkeypatch,
+            executor=ExecutorSpec(kind="local", workers=2),
+            progress=interrupt_after_first_task,
+        )
+    assert calls == [RUN_BATCH] and not out.exists() and checkpoint_path(out).exists()
+    resumed = run_with_state(
+        run_metacal_file, out, monkeypatch, resume=True, executor=ExecutorSpec(kind="local", workers=2)
+    )
+    same_per_stamp(resumed, inline_run)
+    assert not checkpoint_path(out).exists()
+
+
+@needs_dask
+def test_run_survives_a_killed_dask_worker(run_metacal_file, inline_run, shared_cluster, monkeypatch, tmp_path):
+    from deconvbench import harness
+
+    killed = kill_one_worker_after_first_result(monkeypatch, harness)
+    ran = run_with_state(run_metacal_file, tmp_path / "killed.json", monkeypatch, executor=shared_cluster)
+    assert killed and gone(killed[0])
+    same_per_stamp(ran, inline_run)
+
+
+@needs_dask
+def test_ctrl_c_of_a_dask_run_leaves_no_worker_behind(run_metacal_file, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from deconvbench.harness import checkpoint_path
+
+    from .test_execution import REPO, _wait_all_gone
+
+    out = tmp_path / "r.json"
+    run_args = ["run", "--method", "fft", "--data", str(run_metacal_file), "-b", "16", "--out", str(out)]
+    code = "import sys; from tests.execution_tasks import run_client_main; run_client_main(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path), *run_args, "--executor", "dask", "-j", "2"],
+        cwd=REPO,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "started").exists():  # the first task came back; workers are up
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.1)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        assert len(descendants) >= 2
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        returncode = proc.wait(timeout=60)
+        stderr = proc.stderr.read()
+        assert returncode == 130, stderr
+        assert "interrupted: stopped before completion" in stderr
+        assert "exit 130; worker processes left: 0" in stderr
+        assert "KeyboardInterrupt" not in stderr  # the workers ignore the terminal's SIGINT
+        assert _wait_all_gone(descendants, 2) == []
+        assert checkpoint_path(out).exists() and not out.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -186,3 +186,31 @@ def test_sensitivity_command_runs_the_grid_and_prints_the_fit(smoke_metacal_file
     assert "| 1.577 " in proc.stdout
     bad = subprocess.run([*args, "--sizes", "0,abc", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sizes" in bad.stderr
+
+
+def test_a_psf_error_run_is_the_same_on_an_executor(smoke_metacal_file, tmp_path):
+    """Workers draw the model PSFs themselves: 2 local workers give the in-process numbers."""
+    from deconvbench.execution import ExecutorSpec
+
+    error = PSFError(size=0.02, e1=0.005)
+    runs = [
+        run_method(
+            load_method("fft"),
+            smoke_metacal_file,
+            tmp_path / f"{name}.json",
+            batch_size=32,
+            metacal=MetacalConfig(),
+            psf_error=error,
+            executor=spec,
+            method_options={},
+            task_batches=1,
+        )
+        for name, spec in (("here", None), ("local", ExecutorSpec(kind="local", workers=2)))
+    ]
+    here, local = runs
+    assert local["throughput"]["executor"] == "local"
+    for key in ("m", "c", "c1", "R11"):
+        assert local["metacal"][key] == here["metacal"][key]
+    exact = run_method(load_method("fft"), smoke_metacal_file, tmp_path / "exact.json", metacal=MetacalConfig())
+    assert local["metacal"]["m"] != exact["metacal"]["m"]
+    assert local["psf_error"] == here["psf_error"]

@@ -7,7 +7,18 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._common import command_line, metacal_config, note, parse_options, progress_task, warn
+from ._common import (
+    BLAS_THREADS_OPTION,
+    SCHEDULER_FILE_OPTION,
+    SCHEDULER_OPTION,
+    command_line,
+    executor_spec,
+    metacal_config,
+    note,
+    parse_options,
+    progress_task,
+    warn,
+)
 
 
 @app.command()
@@ -41,7 +52,20 @@ def run(
     ),
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
-    workers: int = typer.Option(2, "--workers", "-j", help="workers for generating a missing dataset"),
+    workers: int = typer.Option(
+        2,
+        "--workers",
+        "-j",
+        help="workers for generating a missing dataset, and with --executor for the run itself",
+    ),
+    executor: str | None = typer.Option(
+        None,
+        "--executor",
+        help="where the batches run: local (-j worker processes) or dask (a Dask cluster); default: in this process",
+    ),
+    scheduler: str | None = SCHEDULER_OPTION,
+    scheduler_file: Path | None = SCHEDULER_FILE_OPTION,
+    blas_threads: int = BLAS_THREADS_OPTION,
     device: str | None = typer.Option(
         None, "--device", help="metacal: run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
@@ -74,6 +98,10 @@ def run(
         raise UsageError(f"--n must be >= 1, got {n}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 1:
+        raise UsageError(f"-j/--workers must be >= 1, got {workers}")
+    # without --executor the run stays in this process (-j sizes only a missing dataset's generation)
+    spec = executor_spec(executor or "local", workers if executor else 1, scheduler, scheduler_file, blas_threads)
     files = [
         path
         for path, _ in resolve_run_files(data, dataset, split, n, workers, metacal, progress=progress_task, notify=note)
@@ -99,6 +127,8 @@ def run(
                 command=command,
                 metacal=mcal_config,
                 psf_error=model_error,
+                executor=spec,
+                method_options=options.get(plan.method, {}),
             )
         failures = result["failures"]
         if failures["stamps_failed"]:
