@@ -196,8 +196,9 @@ def plan_outputs(
 ) -> list[RunPlan]:
     """Result and estimate paths of every run, checked before any work starts.
 
-    One run: ``out`` is the result file (default ``out/STEM.json``). Several runs: ``out``
-    is a folder holding ``STEM.json`` per run. Raises :class:`OutputError` for an output
+    ``out`` is a folder holding ``STEM.json`` per run (default ``out/``), except for a single
+    run given a file name ending in ``.json`` that is not an existing folder: then it is the
+    result file. ``save_outputs`` likewise, with ``.h5``/``.hdf5``. Raises :class:`OutputError` for an output
     that cannot be written (read-only folder, a directory where a file is expected) and
     :class:`UsageError` when two runs would write the same file."""
     plans = []
@@ -212,10 +213,11 @@ def plan_outputs(
             if out is None:
                 result = Path("out") / f"{stem}.json"
             else:
-                result = out / f"{stem}.json" if several else out
+                result = out / f"{stem}.json" if _is_folder(out, several, (".json",)) else out
             outputs = None
             if save_outputs is not None:
-                outputs = save_outputs / f"{stem}.h5" if several else save_outputs
+                folder = _is_folder(save_outputs, several, (".h5", ".hdf5"))
+                outputs = save_outputs / f"{stem}.h5" if folder else save_outputs
             plans.append(RunPlan(Path(path), name, tag, n, result, outputs))
     targets = [p.result for p in plans] + [p.outputs for p in plans if p.outputs is not None]
     if len(set(targets)) != len(targets):
@@ -225,6 +227,12 @@ def plan_outputs(
         if plan.outputs is not None:
             check_writable(plan.outputs, "--save-outputs file")
     return plans
+
+
+def _is_folder(path: Path, several: bool, file_suffixes: tuple[str, ...]) -> bool:
+    """Whether an output argument names a folder: several runs, an existing folder, or a name
+    without one of ``file_suffixes`` (``--out out/results`` is a folder, ``--out r.json`` a file)."""
+    return several or path.is_dir() or path.suffix.lower() not in file_suffixes
 
 
 class OutputWriter:

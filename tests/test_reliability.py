@@ -194,11 +194,29 @@ def test_corrupt_chunk_during_run_is_a_data_error(smoke_test_file, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
+def test_out_names_a_folder_unless_it_is_a_json_file_name(smoke_test_file, tmp_path):
+    """``--out out/results`` (new or existing) is a folder even for a single run; ``r.json`` a file."""
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    (plan,) = plan_outputs([smoke_test_file], ["fft"], {}, folder, None)
+    assert plan.result.parent == folder and plan.result.name.startswith("fft_smoke") and plan.result.suffix == ".json"
+    (plan,) = plan_outputs([smoke_test_file], ["fft"], {}, tmp_path / "new" / "results", None)
+    assert plan.result == tmp_path / "new" / "results" / plan.result.name
+    (plan,) = plan_outputs([smoke_test_file], ["fft"], {}, tmp_path / "r.json", tmp_path / "estimates")
+    assert plan.result == tmp_path / "r.json" and plan.outputs.parent == tmp_path / "estimates"
+    assert plan.outputs.suffix == ".h5"
+    (plan,) = plan_outputs([smoke_test_file], ["fft"], {}, tmp_path / "r2.json", tmp_path / "e.h5")
+    assert plan.outputs == tmp_path / "e.h5"
+
+
 def test_unwritable_outputs_fail_before_any_work(smoke_test_file, tmp_path):
     folder = tmp_path / "adir"
     folder.mkdir()
+    (in_folder,) = plan_outputs([smoke_test_file], ["fft"], {}, folder, None)
+    in_folder.result.mkdir()  # a folder where the result file should go
     with pytest.raises(OutputError, match="is a directory"):
         plan_outputs([smoke_test_file], ["fft"], {}, folder, None)
+    in_folder.result.rmdir()
     with pytest.raises(OutputError, match="cannot write"):
         plan_outputs([smoke_test_file], ["fft"], {}, Path("/proc/r.json"), None)
     with pytest.raises(OutputError, match="--save-outputs"):

@@ -32,10 +32,12 @@ def run(
     n: int | None = typer.Option(None, "--n", help="use only the first N stamps of each split"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     out: Path | None = typer.Option(
-        None, "--out", help="result JSON (one run) or directory (several runs); default out/"
+        None, "--out", help="result folder (default out/), or the result file of a single run (a name ending in .json)"
     ),
     save_outputs: Path | None = typer.Option(
-        None, "--save-outputs", help="write estimates to this HDF5 file (a directory when several runs)"
+        None,
+        "--save-outputs",
+        help="write estimates to this folder (one STEM.h5 per run), or to this .h5 file for a single run",
     ),
     option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
     resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last completed batch"),
