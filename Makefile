@@ -42,6 +42,13 @@ results: install
 	$(RUN) --method galsim-mcal --method deconvnet-torch --metacal --dataset metacal-v2 --n 2000
 	$(BIN)/deconvbench run -j 2 $(RESULTS_FLAGS) --method fft --metacal --fixnoise --dataset metacal-v2 --split snr50 --n 2000 \
 	  --out out/results/fft_metacal-v2-v2_snr50_n2000_fixnoise.json
+	$(RUN) --method deconvfilter --dataset ground-v2 --split test
+	$(RUN) --method deconvfilter --metacal --dataset metacal-v2 --n 2000
+	$(RUN) --method deconvnet-torch --option deconvnet-torch.allow_out_of_family=true --dataset space-v2 --split test
+	$(BIN)/deconvbench sensitivity --out out/results -m fft -m wiener -m richardson-lucy --dataset metacal-v2 \
+	  --split noiseless --n 2000 --sizes=-0.02,0.02 --e1=-0.005,0.005 --e2=-0.005,0.005
+	$(BIN)/deconvbench sensitivity --out out/results -m galsim-mcal -m deconvnet-torch --dataset metacal-v2 \
+	  --split noiseless --n 2000 --sizes=-0.02,0.02 --e1=-0.005,0.005 --e2=
 	for f in out/results/*.json; do $(BIN)/deconvbench submit --replace "$$f" || exit 1; done
 	$(BIN)/deconvbench leaderboard
 

@@ -146,3 +146,14 @@ def test_evaluation_text_is_checked_for_markup_on_submission():
     net["evaluation"]["reasons"] = ["a | b"]
     with pytest.raises(SubmissionError, match="evaluation.reasons"):
         validate_result(net)
+
+
+def test_deconvfilter_declares_its_training_domain():
+    """The learned filter is a trained method: its results carry the in/out-of-family block."""
+    from deconvbench.methods import load_method
+
+    method = load_method("deconvfilter")
+    domain = method.training_domain()
+    assert domain["card"] == "ground-v2" and domain["pixel_scale_arcsec"] == 0.2
+    block = evaluation_block(domain, load_card("metacal-v2"))
+    assert block["family"] == "in-family"

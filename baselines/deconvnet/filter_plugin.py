@@ -76,6 +76,16 @@ class DeconvFilterTorch:
 
         return train_filter_request(request, progress, notify)
 
+    def training_domain(self) -> dict[str, Any]:
+        """What the weights were trained on (:mod:`deconvbench.family`): card, geometry."""
+        return {
+            "card": self.metadata.get("dataset"),
+            "psf_families": self.metadata.get("psf_families"),
+            "pixel_scale_arcsec": self.metadata.get("pixel_scale_arcsec"),
+            "stamp_size": self.metadata.get("stamp_size"),
+            "target_fwhm_arcsec": self.metadata.get("target_fwhm_arcsec"),
+        }
+
     def _check_geometry(self, batch: Batch) -> None:
         for key, value in (
             ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
