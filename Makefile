@@ -45,6 +45,7 @@ results: install
 	$(RUN) --method deconvfilter --dataset ground-v2 --split test
 	$(RUN) --method deconvfilter --metacal --dataset metacal-v2 --n 2000
 	$(RUN) --method deconvnet-torch --option deconvnet-torch.allow_out_of_family=true --dataset space-v2 --split test
+	$(RUN) --method fft --method wiener --metacal --dataset metacal-psfmodel
 	$(BIN)/deconvbench sensitivity --out out/results -m fft -m wiener -m richardson-lucy --dataset metacal-v2 \
 	  --split noiseless --n 2000 --sizes=-0.02,0.02 --e1=-0.005,0.005 --e2=-0.005,0.005
 	$(BIN)/deconvbench sensitivity --out out/results -m galsim-mcal -m deconvnet-torch --dataset metacal-v2 \

@@ -209,11 +209,25 @@ class ShearSpec(_Strict):
     g2: float = Field(0.0, ge=-0.2, le=0.2)
 
 
+class PSFModelErrorSpec(_Strict):
+    """A split's PSF-model error (model − true): what a method (and the metacal fit of Γ) is
+    told differs from the PSF the stamps were rendered with by a size error δT/T (T = Ixx + Iyy)
+    and a reduced shear (e1, e2) of the profile before the pixel (:mod:`deconvbench.psf_error`).
+    It does not change how stamps are rendered."""
+
+    size: float = Field(0.0, gt=-1.0, lt=1.0)
+    e1: float = Field(0.0, gt=-1.0, lt=1.0)
+    e2: float = Field(0.0, gt=-1.0, lt=1.0)
+
+
 class SplitSpec(_Strict):
     n: int = Field(gt=0, le=10_000_000)
     seed: int = Field(ge=0)
     snr_levels: list[float] | None = None  # overrides noise.snr_levels for this split
     psf_shear: tuple[float, float] | None = None  # fixed PSF shear (g1, g2) for this split
+    # Optional (left out of the card hash when absent): runs on this split tell the method a
+    # model PSF with this error, as `run --psf-error` does
+    psf_model_error: PSFModelErrorSpec | None = None
     description: str = ""
 
 
@@ -255,9 +269,16 @@ class DatasetCard(_Strict):
             )
         if self.stamp.target_psf_fwhm_arcsec < self.stamp.pixel_scale_arcsec:
             raise ValueError("stamp.target_psf_fwhm_arcsec must be at least one pixel")
-        seeds = [s.seed for s in self.splits.values()]
-        if len(set(seeds)) != len(seeds):
-            raise ValueError("every split needs its own seed (independent splits)")
+        # Splits are independent (own seed), except PSF-model error variants: splits that differ
+        # only in psf_model_error share their seed on purpose (the same stamps, told other PSFs).
+        rendered = {}
+        for spec in self.splits.values():
+            same_stamps = spec.model_dump(exclude={"psf_model_error", "description"})
+            if rendered.setdefault(spec.seed, same_stamps) != same_stamps:
+                raise ValueError(
+                    "every split needs its own seed (independent splits), unless the splits differ "
+                    "only in psf_model_error"
+                )
         return self
 
     def split(self, name: str) -> SplitSpec:
@@ -275,11 +296,15 @@ class DatasetCard(_Strict):
     def canonical_json(self) -> str:
         """The validated card as JSON with sorted keys (inf written as ``Infinity``).
 
-        Optional tables added after the v2 cards (``galaxy.sersic``) are left out when absent,
+        Optional tables added after the v2 cards (``galaxy.sersic``, a split's
+        ``psf_model_error``) are left out when absent,
         so that the hash of every earlier card is unchanged."""
         data = json.loads(self.model_dump_json())
         if data["galaxy"].get("sersic") is None:
             data["galaxy"].pop("sersic", None)
+        for split in data["splits"].values():
+            if split.get("psf_model_error") is None:
+                split.pop("psf_model_error", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

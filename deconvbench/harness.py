@@ -310,6 +310,7 @@ def run_method(
         attrs = dataset.attrs
         n, size = dataset.n, dataset.stamp_size
         params = _read(dataset, "params", 0, None)
+        psf_error = _with_split_psf_error(psf_error, dataset)
         hasher = ContentHasher()
         hasher.update("params", params)
         method_params = method.params()
@@ -594,6 +595,20 @@ def _merge_outcome(state: RunState, outcome: BatchOutcome, writer) -> None:
     state.next_index = sl.stop
     if writer and outcome.estimate is not None:
         writer.write(outcome.start, outcome.estimate)
+
+
+def _with_split_psf_error(psf_error: PSFError | None, dataset) -> PSFError | None:
+    """The PSF-model error of a run: the split's ``psf_model_error`` (a card variant), or
+    ``psf_error`` (``run --psf-error``); both at once is a :class:`UsageError`."""
+    spec = _card(dataset).splits.get(dataset.attrs["split"])
+    if spec is None or spec.psf_model_error is None:
+        return psf_error
+    if psf_error is not None:
+        raise UsageError(
+            f"split {dataset.attrs['split']!r} of {dataset.attrs['card_name']} already tells the method a model "
+            "PSF with an error (its psf_model_error); drop --psf-error"
+        )
+    return PSFError(**spec.psf_model_error.model_dump())
 
 
 def _evaluation(method, dataset) -> dict | None:

@@ -70,7 +70,9 @@ def psf_error_of(result: dict) -> dict:
 
 
 def series_key(result: dict) -> tuple:
-    """What a series shares: method and its parameters, dataset file content, metacal setup."""
+    """What a series shares: method and its parameters, dataset file content, metacal setup.
+    Not the split's name: the splits of a PSF-model variant card (``psf_model_error``) hold
+    the same stamps under different names and form one series."""
     mc = result.get("metacal") or {}
     ds = result["dataset"]
     method = result["method"]
@@ -79,12 +81,17 @@ def series_key(result: dict) -> tuple:
         json.dumps(method.get("params", {}), sort_keys=True),
         ds["card"],
         ds["version"],
-        ds["split"],
         ds["n"],
         ds["checksum"],
         mc.get("estimator"),
         bool(mc.get("fixnoise")),
     )
+
+
+def _splits_label(runs: list[dict]) -> str:
+    """The split of a series, or ``"N variant splits"`` for the splits of a variant card."""
+    splits = sorted({r["dataset"]["split"] for r in runs})
+    return splits[0] if len(splits) == 1 else f"{len(splits)} variant splits"
 
 
 def sensitivities(results: list[dict]) -> list[dict]:
@@ -104,8 +111,8 @@ def sensitivities(results: list[dict]) -> list[dict]:
             "method": key[0],
             "card": key[2],
             "version": key[3],
-            "split": key[4],
-            "n": key[5],
+            "split": _splits_label(runs),
+            "n": key[4],
             "K": next((r["psf_error"]["analytic"]["K"] for r in runs if r.get("psf_error")), None),
             "files": sorted(r.get("_file", "") for r in runs),
         }

@@ -31,9 +31,9 @@ def test_html_has_the_rows_of_the_markdown_in_the_same_order():
     exact = [p for p in (REPO / "results").glob("*.json") if "_psferr-" not in p.name]
     main = md.split("## Robustness")[0]
     # main tables: every exact-PSF result; PSF-error runs and the in/out-of-family rows
-    # (9 rows naming their files) come after, in the robustness section
-    assert len(re.findall(r"`([^`]+\.json)`", main)) == len(exact) == 33
-    assert len(md_files) == 33 + 9
+    # (33 rows naming their files) come after, in the robustness section
+    assert len(re.findall(r"`([^`]+\.json)`", main)) == len(exact) == 38
+    assert len(md_files) == 38 + 33
     assert html_files == md_files
     assert page.count("<h2>") == md.count("\n## ") == 8
     assert page.count('<table class="sortable">') == 9

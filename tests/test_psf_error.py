@@ -214,3 +214,49 @@ def test_a_psf_error_run_is_the_same_on_an_executor(smoke_metacal_file, tmp_path
     exact = run_method(load_method("fft"), smoke_metacal_file, tmp_path / "exact.json", metacal=MetacalConfig())
     assert local["metacal"]["m"] != exact["metacal"]["m"]
     assert local["psf_error"] == here["psf_error"]
+
+
+def _variant_card(**split_updates):
+    """smoke-metacal with its noiseless split and a PSF-model variant of it (same seed)."""
+    from .conftest import card_dict
+
+    raw = card_dict("smoke-metacal")
+    noiseless = raw["splits"]["noiseless"]
+    raw["splits"] = {"noiseless": noiseless, "size+0.02": {**noiseless, **split_updates}}
+    raw["name"] = "smoke-psfmodel"
+    return DatasetCard.model_validate(raw)
+
+
+def test_card_variant_splits_share_stamps_and_tell_the_method_the_model_psf(smoke_metacal_file, tmp_path):
+    """A split with psf_model_error renders the stamps of its seed (same content checksum) and
+    its run equals ``--psf-error`` on those stamps; both at once is one usage error."""
+    from deconvbench.sim.generate import generate
+
+    card = _variant_card(psf_model_error={"size": 0.02})
+    variant = tmp_path / "variant.h5"
+    generate(card, "size+0.02", variant)
+    with open_dataset(variant) as a, open_dataset(smoke_metacal_file) as b:
+        assert a.checksum == b.checksum
+    told = run_method(load_method("fft"), variant, tmp_path / "v.json", batch_size=64, metacal=MetacalConfig())
+    asked = run_method(
+        load_method("fft"),
+        smoke_metacal_file,
+        tmp_path / "a.json",
+        batch_size=64,
+        metacal=MetacalConfig(),
+        psf_error=PSFError(size=0.02),
+    )
+    assert told["psf_error"]["size"] == 0.02
+    for key in ("m", "c", "c1", "R11"):
+        assert told["metacal"][key] == asked["metacal"][key]
+    with pytest.raises(UsageError, match="already tells the method a model PSF"):
+        run_method(load_method("fft"), variant, tmp_path / "w.json", metacal=MetacalConfig(), psf_error=PSFError())
+
+
+def test_only_psf_model_variants_may_share_a_seed():
+    with pytest.raises(ValueError, match="its own seed"):
+        _variant_card(snr_levels=[50.0], psf_model_error={"size": 0.02})
+    with pytest.raises(ValueError, match="psf_model_error"):
+        _variant_card(psf_model_error={"size": -1.5})
+    without = _variant_card(psf_model_error=None)  # an absent table keeps the card hash
+    assert "psf_model_error" not in without.canonical_json()

@@ -37,7 +37,7 @@ def test_sections_of_the_committed_results():
         "space-v2 v2 — test",
         "metacal-v2 v2 — metacal splits leakage, noiseless, snr20, snr50",
     ]
-    assert [len(s.results) for s in sections] == [5, 6, 5, 17]
+    assert [len(s.results) for s in sections] == [5, 7, 5, 21]
     _, ground, _, metacal = sections
     wiener = json.loads((REPO / "results" / "ground-v2-v2_test_wiener.json").read_text())
     nmse = metric_series(ground, "nmse")
@@ -47,7 +47,7 @@ def test_sections_of_the_committed_results():
     fft50 = json.loads((REPO / "results" / "metacal-v2-v2_snr50_n2000_fft.json").read_text())["metacal"]["overall"]
     assert ("50", fft50["m"], fft50["m_err"]) in m["fft"]
     assert [label for label, *_ in m["fft"]] == ["20", "50", "noiseless"]  # leakage split left out
-    assert sorted(m) == ["deconvnet-torch", "fft", "fft fixnoise", "galsim-mcal", "wiener"]
+    assert sorted(m) == ["deconvfilter", "deconvnet-torch", "fft", "fft fixnoise", "galsim-mcal", "wiener"]
 
 
 def test_pareto_front():
@@ -57,7 +57,7 @@ def test_pareto_front():
     ground = load_sections(REPO / "results")[1]
     pts = speed_points(ground)
     front = [pts[i]["method"] for i in pareto_front([(p["speed"], p["error"]) for p in pts])]
-    assert front == ["deconvnet-torch", "richardson-lucy", "wiener"]
+    assert front == ["deconvnet-torch", "richardson-lucy", "wiener", "deconvfilter"]
 
 
 def test_pick_stamps_spreads_over_snr_levels():
