@@ -14,6 +14,7 @@ from deconvbench.results_schema import SCHEMA_PATH, schema_text, validation_prob
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = sorted((REPO / "results").glob("*.json"))
+PRECISION = sorted((REPO / "results" / "precision").glob("*.json"))  # deconvbench bias runs
 
 
 def test_committed_json_schema_is_the_models():
@@ -24,6 +25,21 @@ def test_every_committed_result_conforms():
     assert len(RESULTS) >= 20
     for path in RESULTS:
         assert validation_problem(json.loads(path.read_text())) is None, path.name
+
+
+def test_committed_precision_runs_conform_and_match_the_readme():
+    """The streaming bias results behind the README's precision table: valid result files of
+    ``deconvbench bias`` whose m ± σm are the table's."""
+    readme = (REPO / "README.md").read_text()
+    assert len(PRECISION) >= 6
+    for path in PRECISION:
+        data = json.loads(path.read_text())
+        assert validation_problem(data) is None, path.name
+        assert data["metacal"]["mode"] == "streaming-bias" and data["command"].endswith(
+            f"--out results/precision/{path.name}"
+        )
+        overall = data["metacal"]["overall"]
+        assert f"{overall['m']:+.2e} ± {overall['m_err']:.1e}".replace("-", "−") in readme.replace("-", "−"), path.name
 
 
 @pytest.mark.parametrize(
