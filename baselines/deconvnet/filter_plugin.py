@@ -17,7 +17,7 @@ from deconvbench import fourier as F
 from deconvbench.errors import MethodError
 from deconvbench.methods import Batch
 
-from .plugin import WEIGHTS_DIR, _sha256
+from .plugin import WEIGHTS_DIR, _sha256, check_trained_geometry, training_domain_of
 
 DEFAULT_DATASET = "ground-v2"
 
@@ -78,25 +78,7 @@ class DeconvFilterTorch:
 
     def training_domain(self) -> dict[str, Any]:
         """What the weights were trained on (:mod:`deconvbench.family`): card, geometry."""
-        return {
-            "card": self.metadata.get("dataset"),
-            "psf_families": self.metadata.get("psf_families"),
-            "pixel_scale_arcsec": self.metadata.get("pixel_scale_arcsec"),
-            "stamp_size": self.metadata.get("stamp_size"),
-            "target_fwhm_arcsec": self.metadata.get("target_fwhm_arcsec"),
-        }
-
-    def _check_geometry(self, batch: Batch) -> None:
-        for key, value in (
-            ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
-            ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
-        ):
-            trained = self.metadata.get(key)
-            if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
-                raise MethodError(
-                    f"{self.name}: weights {self.weights_path.name} were trained for {key}={trained}, "
-                    f"the data has {value}; use weights trained for this dataset"
-                )
+        return training_domain_of(self.metadata)
 
     def filter_weights(self, batch: Batch) -> np.ndarray:
         """W (B, N, N//2+1) for a batch (diagnostics and tests)."""
@@ -122,7 +104,7 @@ class DeconvFilterTorch:
             raise MethodError(
                 f"{self.name}: bad batch shapes observed {observed.shape}, psf {psf.shape}, noise_sigma {sigma.shape}"
             )
-        self._check_geometry(batch)
+        check_trained_geometry(self.name, self.weights_path, self.metadata, batch)
         n = observed.shape[-1]
         N = F.padded_size(n, self.config.pad_factor)
         out = np.empty(observed.shape, dtype=np.float64)

@@ -37,6 +37,30 @@ def _validation_block(val_result: dict) -> dict:
     }
 
 
+def _training_data(request: TrainingRequest, progress: Callable, notify: Callable[[str], None]):
+    """The train and val files of ``request`` (generated if missing) and the geometry of the
+    training data recorded in the weights' metadata (pixel scale and target FWHM in arcsec,
+    stamp size, card, training checksum and size)."""
+    from deconvbench.store import open_dataset
+
+    train_path, _ = ensure_dataset(
+        request.dataset, "train", n=request.n_train, workers=request.workers, progress=progress, notify=notify
+    )
+    val_path, _ = ensure_dataset(
+        request.dataset, "val", n=request.n_val, workers=request.workers, progress=progress, notify=notify
+    )
+    with open_dataset(train_path) as ds:
+        geometry = {
+            "pixel_scale_arcsec": ds.pixel_scale_arcsec,
+            "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
+            "stamp_size": ds.stamp_size,
+            "dataset": request.dataset,
+            "train_checksum": ds.checksum,
+            "n_train": ds.n,
+        }
+    return train_path, val_path, geometry
+
+
 def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable, notify: Callable[[str], None]) -> str:
     """Train DeconvNet in ``framework`` ("jax" or "torch") as ``request`` says.
 
@@ -46,7 +70,6 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     from deconvbench.harness import run_method
     from deconvbench.methods import load_method
     from deconvbench.runinfo import hardware, package_versions
-    from deconvbench.store import open_dataset
     from deconvbench.streaming import sequential_batches, shuffled_batches
 
     from .config import DeconvNetConfig
@@ -72,21 +95,7 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
         config = DeconvNetConfig(**request.model_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad DeconvNet config: {exc}") from None
-    train_path, _ = ensure_dataset(
-        request.dataset, "train", n=request.n_train, workers=request.workers, progress=progress, notify=notify
-    )
-    val_path, _ = ensure_dataset(
-        request.dataset, "val", n=request.n_val, workers=request.workers, progress=progress, notify=notify
-    )
-    with open_dataset(train_path) as ds:
-        geometry = {
-            "pixel_scale_arcsec": ds.pixel_scale_arcsec,
-            "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
-            "stamp_size": ds.stamp_size,
-            "dataset": request.dataset,
-            "train_checksum": ds.checksum,
-            "n_train": ds.n,
-        }
+    train_path, val_path, geometry = _training_data(request, progress, notify)
     n_epoch = geometry["n_train"]
 
     def train_batches(epoch: int):
@@ -188,7 +197,6 @@ def train_filter_request(request: TrainingRequest, progress: Callable, notify: C
     from deconvbench.harness import run_method
     from deconvbench.methods import load_method
     from deconvbench.runinfo import hardware, package_versions
-    from deconvbench.store import open_dataset
     from deconvbench.streaming import TRAINING_KEYS, sequential_batches, shuffled_batches
 
     from .device import device_label, torch_device
@@ -202,21 +210,7 @@ def train_filter_request(request: TrainingRequest, progress: Callable, notify: C
         torch.set_num_threads(max(1, request.threads))
     config, weights = _split_filter_options(request.model_options)
     device = torch_device(request.device)
-    train_path, _ = ensure_dataset(
-        request.dataset, "train", n=request.n_train, workers=request.workers, progress=progress, notify=notify
-    )
-    val_path, _ = ensure_dataset(
-        request.dataset, "val", n=request.n_val, workers=request.workers, progress=progress, notify=notify
-    )
-    with open_dataset(train_path) as ds:
-        geometry = {
-            "pixel_scale_arcsec": ds.pixel_scale_arcsec,
-            "target_fwhm_arcsec": ds.target_psf_fwhm_arcsec,
-            "stamp_size": ds.stamp_size,
-            "dataset": request.dataset,
-            "train_checksum": ds.checksum,
-            "n_train": ds.n,
-        }
+    train_path, val_path, geometry = _training_data(request, progress, notify)
     keys = (*TRAINING_KEYS, "noiseless")
 
     def train_batches(epoch: int):

@@ -43,6 +43,33 @@ def _bucket(m: int, batch_size: int) -> int:
     return min(batch_size, max(8, 1 << (m - 1).bit_length()))
 
 
+def training_domain_of(metadata: dict) -> dict[str, Any]:
+    """The training domain (:mod:`deconvbench.family`) recorded in a weights file's metadata:
+    card, PSF families, pixel scale (arcsec), stamp size (pixels), target FWHM (arcsec)."""
+    return {
+        "card": metadata.get("dataset"),
+        "psf_families": metadata.get("psf_families"),
+        "pixel_scale_arcsec": metadata.get("pixel_scale_arcsec"),
+        "stamp_size": metadata.get("stamp_size"),
+        "target_fwhm_arcsec": metadata.get("target_fwhm_arcsec"),
+    }
+
+
+def check_trained_geometry(name: str, weights_path: Path, metadata: dict, batch: Batch) -> None:
+    """Raise :class:`MethodError` when ``batch``'s pixel scale or target FWHM differ from those
+    the weights were trained for (where the metadata records them)."""
+    for key, value in (
+        ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
+        ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
+    ):
+        trained = metadata.get(key)
+        if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
+            raise MethodError(
+                f"{name}: weights {weights_path.name} were trained for {key}={trained}, "
+                f"the data has {value}; use weights trained for this dataset"
+            )
+
+
 class _DeconvNetBase:
     framework = ""
     pad_chunks = False  # pad the last chunk to a power of two (limits JAX recompilation)
@@ -141,28 +168,12 @@ class _DeconvNetBase:
         """Refuse data whose pixel scale or target PSF differ from the training data's
         (when the weights record them): the output would silently be for the wrong target.
         ``allow_out_of_family=True`` runs anyway (an out-of-family evaluation)."""
-        if self.allow_out_of_family:
-            return
-        for key, value in (
-            ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
-            ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
-        ):
-            trained = self.metadata.get(key)
-            if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
-                raise MethodError(
-                    f"{self.name}: weights {self.weights_path.name} were trained for {key}={trained}, "
-                    f"the data has {value}; use weights trained for this dataset"
-                )
+        if not self.allow_out_of_family:
+            check_trained_geometry(self.name, self.weights_path, self.metadata, batch)
 
     def training_domain(self) -> dict[str, Any]:
         """What the weights were trained on (:mod:`deconvbench.family`): card, geometry."""
-        return {
-            "card": self.metadata.get("dataset"),
-            "psf_families": self.metadata.get("psf_families"),
-            "pixel_scale_arcsec": self.metadata.get("pixel_scale_arcsec"),
-            "stamp_size": self.metadata.get("stamp_size"),
-            "target_fwhm_arcsec": self.metadata.get("target_fwhm_arcsec"),
-        }
+        return training_domain_of(self.metadata)
 
     def params(self) -> dict[str, Any]:
         extra = {"allow_out_of_family": True} if self.allow_out_of_family else {}
