@@ -94,7 +94,7 @@ def test_fft_float32_leaves_noiseless_m_unchanged(offset_files):  # noqa: F811
 @pytest.mark.parametrize("source", ["fft-snr50", "truth"])
 def test_kernel_band_leaves_the_measurement_unchanged(smoke_metacal_snr50_file, source):  # noqa: F811
     """The Fourier sums over the kernel's band equal the sums over the whole grid: |Δe| and
-    |Δx| ≤ 1e-12, same flags; the band really drops modes."""
+    |Δx| ≤ 1e-9 (measured ≤ 1.7e-10), same flags; the band really drops modes."""
     batch, truth = _batch(smoke_metacal_snr50_file)
     pixel, target = batch.pixel_scale_arcsec, batch.target_fwhm_arcsec
     images = load_method("fft").deconvolve(batch) if source == "fft-snr50" else truth
@@ -110,11 +110,11 @@ def test_kernel_band_leaves_the_measurement_unchanged(smoke_metacal_snr50_file, 
     for mtype in METACAL_TYPES:
         assert np.array_equal(banded[mtype]["flags"], whole[mtype]["flags"])
         for key in ("e1", "e2", "x", "y"):
-            assert np.nanmax(np.abs(banded[mtype][key] - whole[mtype][key])) < 1e-12, (mtype, key)
+            assert np.nanmax(np.abs(banded[mtype][key] - whole[mtype][key])) < 1e-9, (mtype, key)
     sigma_w = fw.WMOM_WEIGHT_FWHM_ARCSEC / fw.FWHM_PER_SIGMA / pixel
     sigma_g = np.min(reconv) / fw.FWHM_PER_SIGMA / pixel
     rows, cols = fw.kernel_band(48, sigma_g**2 + sigma_w**2, fw.type_matrices(METACAL_TYPES, 0.01))
-    assert (len(rows), len(cols)) == (45, 23)  # of 48 × 25 (smoke-metacal's narrowest Γ)
+    assert (len(rows), len(cols)) == (39, 20)  # of 48 × 25 (smoke-metacal's narrowest Γ)
 
 
 def _bias_result(split: str, fixnoise: bool, m: float) -> dict:

@@ -39,6 +39,7 @@ from ..moments import (
 from .estimators import WMOM_WEIGHT_FWHM_ARCSEC, _to_estimate
 from .fourier_wmom import (
     fourier_round_weight_sums,
+    kernel_band,
     metacal_kernel_bases,
     rotated_quarter_turn_centres,
     rotated_quarter_turn_sums,
@@ -67,12 +68,23 @@ def jax_device(name: str):
 
 
 def _iterate(
-    bases, mats, start, size: int, sigma_w: float, max_iter: int, tol: float, max_shift: float, noise=None, n=None
+    bases,
+    mats,
+    start,
+    size: int,
+    sigma_w: float,
+    max_iter: int,
+    tol: float,
+    max_shift: float,
+    noise=None,
+    n=None,
+    band=None,
 ):
     """The wmom centring of :func:`deconvbench.moments.recentred_round_weight` with fixed
     shapes: ``bases`` (A, N, Nh), ``mats`` (A, 2, 2), ``start`` (A, 2) centres (pixels from
     the stamp centre); ``noise``: the fixnoise bases (A, N, Nh) of stamps of size ``n``,
-    whose sums are added rotated (as in :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`).
+    whose sums are added rotated (as in :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`);
+    ``band``: the rows and columns the bases hold (:func:`~deconvbench.metacal.fourier_wmom.kernel_band`).
     Returns (centres (A, 2), sums (6, A), flags (A,), active (A,))."""
     a = bases.shape[0]
     sig2 = sigma_w * sigma_w
@@ -81,11 +93,13 @@ def _iterate(
         finite = finite & jnp.all(jnp.isfinite(noise), axis=(1, 2))
 
     def sums_at(centres):
-        s = fourier_round_weight_sums(bases, mats, centres, size, sigma_w, xp=jnp)
+        s = fourier_round_weight_sums(bases, mats, centres, size, sigma_w, xp=jnp, band=band)
         if noise is None:
             return s
         rotated = rotated_quarter_turn_centres(centres, n, xp=jnp)
-        extra = rotated_quarter_turn_sums(fourier_round_weight_sums(noise, mats, rotated, size, sigma_w, xp=jnp))
+        extra = rotated_quarter_turn_sums(
+            fourier_round_weight_sums(noise, mats, rotated, size, sigma_w, xp=jnp, band=band)
+        )
         return tuple(d + r for d, r in zip(s, extra, strict=True))
 
     flags0 = jnp.where(finite, 0, FLAG_NONFINITE)
@@ -114,7 +128,7 @@ def _iterate(
     return centres, sums, flags, active
 
 
-@partial(jax.jit, static_argnames=("size", "n", "types", "step", "sigma_w", "max_iter", "tol", "max_shift"))
+@partial(jax.jit, static_argnames=("size", "n", "types", "step", "sigma_w", "max_iter", "tol", "max_shift", "band"))
 def _measure(
     deconvolved,
     target_ratio,
@@ -129,18 +143,22 @@ def _measure(
     max_iter: int,
     tol: float,
     max_shift: float,
+    band: tuple,
 ):
     o = size // 2 - n // 2
+    rows, cols = (np.asarray(index) for index in band)
 
     def spectrum_of(images):
         padded = jnp.zeros(images.shape[:1] + (size, size), images.dtype)
-        return jnp.fft.rfft2(padded.at[:, o : o + n, o : o + n].set(images)) * target_ratio
+        spectrum = jnp.fft.rfft2(padded.at[:, o : o + n, o : o + n].set(images)) * target_ratio
+        return spectrum[:, rows][:, :, cols]
 
     mats = jnp.asarray(type_matrices(types, step))
-    bases = metacal_kernel_bases(spectrum_of(deconvolved), size, sigma_g, sigma_w, mats, xp=jnp)  # (T, B, N, Nh)
+    kw = dict(xp=jnp, band=(rows, cols))
+    bases = metacal_kernel_bases(spectrum_of(deconvolved), size, sigma_g, sigma_w, mats, **kw)  # (T, B, rows, cols)
     noise = None
     if noise_deconvolved is not None:
-        noise = metacal_kernel_bases(spectrum_of(noise_deconvolved), size, sigma_g, sigma_w, mats, xp=jnp)
+        noise = metacal_kernel_bases(spectrum_of(noise_deconvolved), size, sigma_g, sigma_w, mats, **kw)
     b = deconvolved.shape[0]
     first = types.index("noshear")
     out = [None] * len(types)
@@ -155,6 +173,7 @@ def _measure(
         max_shift,
         None if noise is None else noise[first],
         n,
+        (rows, cols),
     )
     out[first] = (c0, s0, f0, a0)
     # the seeding of the numpy route: sheared images start from S·c₀, and the second image
@@ -188,6 +207,7 @@ def _measure(
             max_shift,
             None if noise is None else noise[idx].reshape((len(wave) * b,) + bases.shape[2:]),
             n,
+            (rows, cols),
         )
         for k, i in enumerate(wave):
             sl = slice(k * b, (k + 1) * b)
@@ -227,6 +247,14 @@ class JaxMetacal:
         sigma_g = reconv / FWHM_PER_SIGMA / pixel_scale
         sigma_w = weight_fwhm_arcsec / FWHM_PER_SIGMA / pixel_scale
         types = tuple(types)
+        finite = np.isfinite(images).all(axis=(1, 2)) & np.isfinite(sigma_g)
+        if noise_deconvolved is not None:
+            finite &= np.isfinite(F.as_stack(noise_deconvolved, "noise_deconvolved")).all(axis=(1, 2))
+        # the numpy route's band (the same modes, so the same sums); static: one compilation per band
+        rows, cols = kernel_band(
+            size, float(np.min(sigma_g[finite], initial=np.inf)) ** 2 + sigma_w**2, type_matrices(types, step)
+        )
+        band = (tuple(int(i) for i in rows), tuple(int(i) for i in cols))
         with jax.enable_x64(True):
             args = [jax.device_put(np.ascontiguousarray(x), self.device) for x in (images, ratio, sigma_g)]
             if noise_deconvolved is None:
@@ -243,6 +271,7 @@ class JaxMetacal:
                 max_iter=self.max_iter,
                 tol=self.tol,
                 max_shift=self.max_shift,
+                band=band,
             )
             parts = jax.device_get(parts)
         centre = float(n // 2)
