@@ -2,13 +2,19 @@
 and with float32 FFTs, with and without fixnoise, image route, JAX) against galsim-mcal on
 the same stamps, the FFT floors, and where the time goes.
 
-    python -m benchmarks.metacal_throughput [N_BATCHED] [N_GALSIM] [REPEATS]
+    python -m benchmarks.metacal_throughput [N_BATCHED] [N_GALSIM] [REPEATS] [--processes P]
 
 (not an asv benchmark: asv only imports this module). Stamps: the first N of
 metacal-offsets/snr50, rendered in memory by the generator. Every row runs the harness's
 metacal flow on the same stamps (deconvolve, PSF fit, the five measurements, response);
 each timing is the best of REPEATS runs (default 3), back to back in one process. The
 load average of the machine is printed before and after (other processes share the cores).
+
+With ``--processes P`` the rows that matter for the throughput contract (fft in float64
+and float32, galsim-mcal) run instead in P processes at once, each with one BLAS/FFT thread
+(as the executors' workers run) on its 1/P share of the same stamps, started together at a
+barrier: the rate is all stamps over the wall time of the slowest process, best of REPEATS
+rounds.
 """
 
 from __future__ import annotations
@@ -140,5 +146,89 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
         )
 
 
+def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, repeats: int, barrier, queue) -> None:
+    """One of ``processes``: renders its share of the stamps, then times each flow in rounds
+    that start at ``barrier``; puts (rank, {row: [seconds per round]}) on ``queue``."""
+    from deconvbench.execution.worker import limit_threads
+
+    limit_threads(1)
+    from deconvbench.bias import render_groups
+    from deconvbench.cards import load_card
+    from deconvbench.metacal.measure import MetacalConfig, measure_batch
+    from deconvbench.methods import Batch, load_method
+
+    card = load_card("metacal-offsets")
+    groups = n_batched // 4 // processes
+    arrays = render_groups(card, "snr50", rank * groups, groups)
+    batch = Batch.from_rendered(arrays, card)
+    share = n_galsim // processes
+    small = Batch(
+        observed=batch.observed[:share],
+        psf=batch.psf[:share],
+        noise_sigma=batch.noise_sigma[:share],
+        pixel_scale_arcsec=batch.pixel_scale_arcsec,
+        target_fwhm_arcsec=batch.target_fwhm_arcsec,
+    )
+    config = MetacalConfig()
+    fft, fft32 = load_method("fft"), load_method("fft", precision="float32")
+    galsim_mcal = load_method("galsim-mcal")
+    flows = {
+        "fft + metacal + wmom, Fourier route": lambda: measure_batch(fft, batch, fft.deconvolve(batch), config),
+        "fft float32 + metacal + wmom, Fourier route": lambda: measure_batch(
+            fft32, batch, fft32.deconvolve(batch), config
+        ),
+        "galsim-mcal + wmom": lambda: measure_batch(galsim_mcal, small, None, config),
+    }
+    seconds = {name: [] for name in flows}
+    for name, fn in flows.items():
+        fn()  # warm caches
+        for _ in range(repeats):
+            barrier.wait()
+            t0 = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - t0)
+    queue.put((rank, seconds))
+
+
+def main_processes(n_batched: int, n_galsim: int, repeats: int, processes: int) -> None:
+    """The throughput rows on ``processes`` processes at once (see the module docstring)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    args = (processes, n_batched, n_galsim, repeats, barrier, queue)
+    procs = [ctx.Process(target=_process_worker, args=(rank, *args)) for rank in range(processes)]
+    load_before = os.getloadavg()
+    for proc in procs:
+        proc.start()
+    results = dict(queue.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    load_after = os.getloadavg()
+    counts = {"galsim-mcal + wmom": n_galsim // processes * processes}
+    print(
+        f"{n_batched // 4 // processes * 4 * processes} stamps of metacal-offsets/snr50 on {processes} processes "
+        f"(1 BLAS/FFT thread each), galsim-mcal on {counts['galsim-mcal + wmom']}; best of {repeats} rounds; "
+        f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after"
+    )
+    rates = {}
+    for name in results[0]:
+        wall = min(max(results[rank][name][r] for rank in results) for r in range(repeats))
+        count = counts.get(name, n_batched // 4 // processes * 4 * processes)
+        rates[name] = count / wall
+        print(f"{name:62s} {rates[name]:10.1f} gal/s {1e3 * wall / count:9.4f} ms/gal (wall, all processes)")
+    galsim = rates["galsim-mcal + wmom"]
+    for name in ("fft + metacal + wmom, Fourier route", "fft float32 + metacal + wmom, Fourier route"):
+        print(f"{name}: {rates[name]:.0f} gal/s on {processes} processes = {rates[name] / galsim:.1f}x galsim-mcal")
+
+
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:4]))
+    argv = sys.argv[1:]
+    if "--processes" in argv:
+        at = argv.index("--processes")
+        processes = int(argv[at + 1])
+        del argv[at : at + 2]
+        ints = [int(a) for a in argv[:3]]
+        main_processes(*(ints + [512, 32, 3][len(ints) :]), processes)
+    else:
+        main(*(int(a) for a in argv[:3]))

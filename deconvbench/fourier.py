@@ -33,8 +33,22 @@ import scipy.fft as sfft
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))  # 2.35482...
 
-#: threads used by scipy.fft (-1: all cores)
-FFT_WORKERS = -1
+#: threads of scipy.fft where a caller leaves ``workers=None`` (-1: all cores); a worker
+#: process of an executor sets it to its thread budget (:func:`set_fft_threads`)
+_fft_threads = -1
+
+
+def set_fft_threads(threads: int) -> None:
+    """Threads of every scipy.fft call that leaves ``workers=None`` in this process (-1: all
+    cores). The executors' worker processes set their ``--blas-threads`` here, so two
+    workers on two cores do not each start one FFT thread per core."""
+    global _fft_threads
+    _fft_threads = int(threads)
+
+
+def fft_threads(workers: int | None = None) -> int:
+    """``workers`` if given, else the process's FFT thread count (:func:`set_fft_threads`)."""
+    return _fft_threads if workers is None else workers
 
 
 def as_stack(images, name: str = "images") -> np.ndarray:
@@ -75,21 +89,22 @@ def crop_centered(images: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(images[..., o : o + n, o : o + n])
 
 
-def rfft2(x: np.ndarray, workers=FFT_WORKERS) -> np.ndarray:
+def rfft2(x: np.ndarray, workers=None) -> np.ndarray:
     """Batched unnormalised real FFT over the last two axes."""
-    return sfft.rfft2(x, axes=(-2, -1), workers=workers)
+    return sfft.rfft2(x, axes=(-2, -1), workers=fft_threads(workers))
 
 
-def irfft2(x: np.ndarray, N: int, workers=FFT_WORKERS) -> np.ndarray:
+def irfft2(x: np.ndarray, N: int, workers=None) -> np.ndarray:
     """Inverse of :func:`rfft2` for an ``(…, N, N)`` real array."""
-    return sfft.irfft2(x, s=(N, N), axes=(-2, -1), workers=workers)
+    return sfft.irfft2(x, s=(N, N), axes=(-2, -1), workers=fft_threads(workers))
 
 
-def rfft2_padded(images: np.ndarray, N: int, workers=FFT_WORKERS, dtype=np.float64) -> np.ndarray:
+def rfft2_padded(images: np.ndarray, N: int, workers=None, dtype=np.float64) -> np.ndarray:
     """``rfft2(pad_centered(images, N))`` ``(B, N, N//2+1)`` without transforming the zero
     rows: the x transforms run on the n stamp rows only, then one y transform per column.
     ``dtype`` float32 gives complex64 (half the memory traffic, ~1e-7 relative rounding)."""
     images = np.asarray(images)
+    workers = fft_threads(workers)
     b, n = images.shape[0], images.shape[-1]
     o = N // 2 - n // 2
     rows = np.zeros((b, n, N), dtype=dtype)
@@ -100,9 +115,10 @@ def rfft2_padded(images: np.ndarray, N: int, workers=FFT_WORKERS, dtype=np.float
     return sfft.fft(full, axis=-2, workers=workers, overwrite_x=True)
 
 
-def irfft2_cropped(spectrum: np.ndarray, N: int, n: int, workers=FFT_WORKERS) -> np.ndarray:
+def irfft2_cropped(spectrum: np.ndarray, N: int, n: int, workers=None) -> np.ndarray:
     """``crop_centered(irfft2(spectrum, N), n)`` ``(B, n, n)`` without the rows and columns
     that the crop drops: one y transform per column, x transforms on the kept rows only."""
+    workers = fft_threads(workers)
     o = N // 2 - n // 2
     half = sfft.ifft(spectrum, axis=-2, workers=workers)[:, o : o + n]
     return np.ascontiguousarray(sfft.irfft(half, n=N, axis=-1, workers=workers)[:, :, o : o + n])

@@ -114,3 +114,27 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     )
     assert proc.returncode == 2
     assert "metacal" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _bias_cli(tmp_path, *extra):
+    args = ["bias", "--method", "fft", "--card", "smoke-metacal", "--split", "snr50", "--n", "8"]
+    return subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", *args, "--out", str(tmp_path / "o.json"), *extra],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_cli_passes_method_options(tmp_path):
+    """``bias --option fft.precision=float32`` builds the method with it (recorded in the
+    result's method params); options of another method or unknown to the method are one
+    line and exit 2."""
+    import json
+
+    proc = _bias_cli(tmp_path, "--option", "fft.precision=float32")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "o.json").read_text())["method"]["params"]["precision"] == "float32"
+    for bad, message in (("wiener.x=1", "other than --method"), ("fft.bogus=1", "bogus")):
+        proc = _bias_cli(tmp_path, "--option", bad)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

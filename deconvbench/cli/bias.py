@@ -13,9 +13,11 @@ from ._common import (
     SCHEDULER_FILE_OPTION,
     SCHEDULER_OPTION,
     WORKERS_OPTION,
+    UsageError,
     command_line,
     executor_spec,
     metacal_config,
+    parse_options,
     progress_task,
 )
 
@@ -34,6 +36,7 @@ def bias_command(
     device: str | None = typer.Option(
         None, "--device", help="run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
+    option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
     executor: str = EXECUTOR_OPTION,
     workers: int = WORKERS_OPTION,
     scheduler: str | None = SCHEDULER_OPTION,
@@ -48,11 +51,16 @@ def bias_command(
 
     spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
     config = metacal_config(estimator, fixnoise, device)
+    options = parse_options(option)
+    unknown = set(options) - {method}
+    if unknown:
+        raise UsageError(f"--option names a method other than --method {method}: {', '.join(sorted(unknown))}")
+    method_options = options.get(method, {})
     card_obj = load_card(card)
     card_obj.split(split)
     suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")
     out = out or Path("out") / f"bias_{method}{suffix}_{card_obj.name}_{split}_n{n}.json"
-    deconvolver = load_method(method)
+    deconvolver = load_method(method, **method_options)
     with progress_task(f"bias {method} {card_obj.name}/{split}", n) as advance:
         result = run_bias(
             deconvolver,
@@ -66,6 +74,7 @@ def bias_command(
             progress=advance,
             command=command_line(),
             executor=spec,
+            method_options=method_options,
         )
     print(bias_table(result))
     print(

@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from ..fourier import set_fft_threads
+
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -38,11 +40,13 @@ def thread_env(blas_threads: int) -> dict[str, str]:
 
 
 def limit_threads(blas_threads: int) -> None:
-    """Cap this process's BLAS/OpenMP thread pools at ``blas_threads`` (and torch's, if loaded)."""
+    """Cap this process's BLAS/OpenMP thread pools at ``blas_threads`` (and scipy.fft's and
+    torch's, if loaded)."""
     os.environ.update(thread_env(blas_threads))
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=blas_threads)
+    set_fft_threads(blas_threads)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(blas_threads)

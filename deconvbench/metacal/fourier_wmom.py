@@ -58,7 +58,7 @@ MIN_PAD_FACTOR = 1.0
 
 
 def galaxy_spectrum(
-    deconvolved, pixel_scale: float, target_fwhm_arcsec: float, pad_factor: float = 1.0, workers=-1, dtype=np.float64
+    deconvolved, pixel_scale: float, target_fwhm_arcsec: float, pad_factor: float = 1.0, workers=None, dtype=np.float64
 ) -> np.ndarray:
     """``G̃ = D̃/T̃``: the ``rfft2`` ``(B, N, N//2+1)`` of the deconvolved stamps zero-padded
     to ``N = padded_size(n, pad_factor)`` (pixel (n//2, n//2) on (N//2, N//2)), divided by
@@ -67,7 +67,7 @@ def galaxy_spectrum(
     images = F.as_stack(deconvolved, "deconvolved")
     n = images.shape[-1]
     size = F.padded_size(n, pad_factor)
-    spec = sfft.rfft2(F.pad_centered(images, size).astype(dtype, copy=False), workers=workers)
+    spec = sfft.rfft2(F.pad_centered(images, size).astype(dtype, copy=False), workers=F.fft_threads(workers))
     transfer = F.target_transfer(size, target_fwhm_arcsec, pixel_scale)
     return spec * (1.0 / transfer).astype(dtype)
 

@@ -36,6 +36,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import DeconvbenchError
+from ..fourier import fft_threads
 from ..metrics.aggregate import snr_labels
 from .bias import estimate_bias
 from .estimators import get_estimator, response
@@ -145,7 +146,7 @@ def fixnoise_term(method, batch, reconv: np.ndarray, config: MetacalConfig, nois
     return _rotated_back_metacal_images(noise, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec, reconv, config)
 
 
-def _rotated_back_metacal_images(deconvolved_noise, pixel_scale, target_fwhm_arcsec, reconv, config, workers=-1):
+def _rotated_back_metacal_images(deconvolved_noise, pixel_scale, target_fwhm_arcsec, reconv, config, workers=None):
     images = metacal_images(
         deconvolved_noise,
         pixel_scale,
@@ -153,7 +154,7 @@ def _rotated_back_metacal_images(deconvolved_noise, pixel_scale, target_fwhm_arc
         reconv,
         step=config.step,
         pad_factor=config.pad_factor,
-        workers=workers,
+        workers=fft_threads(workers),
     )
     return {key: _rot90(value, -1) for key, value in images.items()}
 
@@ -182,7 +183,7 @@ def measure_batch(
             reconv,
             step=config.step,
             pad_factor=config.pad_factor,
-            workers=-1,
+            workers=fft_threads(),
         )
     if config.fixnoise:
         extra = fixnoise_term(method, batch, reconv, config, noise_seed)
@@ -202,7 +203,7 @@ def measure_deconvolved(
     target_fwhm_arcsec: float,
     reconv,
     config: MetacalConfig,
-    workers=-1,
+    workers=None,
     noise_deconvolved=None,
 ) -> dict[str, np.ndarray]:
     """The metacal measurement of deconvolved stamps ``D ≈ galaxy ⊗ T`` (B, n, n) for Γ of
@@ -240,7 +241,7 @@ def measure_deconvolved(
         reconv,
         step=config.step,
         pad_factor=config.pad_factor,
-        workers=workers,
+        workers=fft_threads(workers),
     )
     if noise_deconvolved is not None:
         extra = _rotated_back_metacal_images(
