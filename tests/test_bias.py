@@ -7,10 +7,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from deconvbench import leaderboard
-from deconvbench.bias import STREAMING_MODE, run_bias
+from deconvbench.bias import STREAMING_MODE, render_groups, run_bias
+from deconvbench.cards import load_card
 from deconvbench.harness import run_method
 from deconvbench.metacal.measure import MetacalConfig
 from deconvbench.methods import load_method
@@ -138,3 +140,17 @@ def test_cli_passes_method_options(tmp_path):
         proc = _bias_cli(tmp_path, "--option", bad)
         assert proc.returncode == 2 and message in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_split_size_changes_no_stamp():
+    """A split's ``n`` only caps how many stamps can be drawn: the stamps of the first groups
+    (and their digests, which chain into a bias run's dataset checksum) are the same for a
+    10× larger split, so raising a streamed split's size keeps every earlier run valid."""
+    card = load_card("smoke-metacal")
+    split = card.splits["snr50"].model_copy(update={"n": 10 * card.splits["snr50"].n})
+    bigger = card.model_copy(update={"splits": {**card.splits, "snr50": split}})
+    assert bigger.card_hash() != card.card_hash()
+    a, b = render_groups(card, "snr50", 1, 2), render_groups(bigger, "snr50", 1, 2)
+    for key in ("observed", "noiseless", "truth", "psf", "noise_sigma"):
+        assert np.array_equal(a[key], b[key]), key
+    assert np.array_equal(a["params"], b["params"])
