@@ -4,6 +4,9 @@ the same stamps, the FFT floors, and where the time goes.
 
     python -m benchmarks.metacal_throughput [N_BATCHED] [N_GALSIM] [REPEATS] [--processes P]
 
+galsim-mcal runs on N_GALSIM of the N_BATCHED stamps spread evenly over them (its cost
+grows with galaxy size); N_GALSIM = N_BATCHED compares both on exactly the same stamps.
+
 (not an asv benchmark: asv only imports this module). Stamps: the first N of
 metacal-offsets/snr50, rendered in memory by the generator. Every row runs the harness's
 metacal flow on the same stamps (deconvolve, PSF fit, the five measurements, response);
@@ -12,9 +15,9 @@ load average of the machine is printed before and after (other processes share t
 
 With ``--processes P`` the rows that matter for the throughput contract (fft in float64
 and float32, galsim-mcal) run instead in P processes at once, each with one BLAS/FFT thread
-(as the executors' workers run) on its 1/P share of the same stamps, started together at a
-barrier: the rate is all stamps over the wall time of the slowest process, best of REPEATS
-rounds.
+(as the executors' workers run) on its 1/P share of the same stamps, in calls of 256 stamps
+(the harness's batch size), started together at a barrier: the rate is all stamps over
+the wall time of the slowest process, best of REPEATS rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +26,32 @@ import os
 import sys
 import time
 from dataclasses import replace
+
+#: stamps per call in the ``--processes`` rows: the harness's default batch size
+BATCH_SIZE = 256
+
+
+def _spread(batch, count: int, span: tuple[int, int] | None = None):
+    """``count`` stamps of ``batch`` spread evenly over it (all of them when ``count`` ≥ its
+    size): galsim-mcal's cost grows with the galaxy's size, so its subset must be a fair
+    sample of the stamps the batched rows measure, not their first ones. ``span``: the
+    stamps ``[start, stop)`` instead."""
+    import numpy as np
+
+    from deconvbench.methods import Batch
+
+    total = len(batch.observed)
+    if span is not None:
+        pick = np.arange(span[0], min(span[1], total))
+    else:
+        pick = np.arange(total) if count >= total else np.linspace(0, total - 1, count).round().astype(int)
+    return Batch(
+        observed=batch.observed[pick],
+        psf=batch.psf[pick],
+        noise_sigma=batch.noise_sigma[pick],
+        pixel_scale_arcsec=batch.pixel_scale_arcsec,
+        target_fwhm_arcsec=batch.target_fwhm_arcsec,
+    )
 
 
 def _best(fn, repeats: int) -> float:
@@ -48,13 +77,8 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     card = load_card("metacal-offsets")
     arrays = render_groups(card, "snr50", 0, n_batched // 4)
     batch = Batch.from_rendered(arrays, card)
-    small = Batch(
-        observed=batch.observed[:n_galsim],
-        psf=batch.psf[:n_galsim],
-        noise_sigma=batch.noise_sigma[:n_galsim],
-        pixel_scale_arcsec=batch.pixel_scale_arcsec,
-        target_fwhm_arcsec=batch.target_fwhm_arcsec,
-    )
+    small = _spread(batch, n_galsim)
+    n_galsim = len(small.observed)
     config = MetacalConfig()
     image_config = replace(config, route="image")
     fixnoise = replace(config, fixnoise=True)
@@ -129,7 +153,8 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     ]
     load_after = os.getloadavg()
     print(
-        f'{n_batched} stamps of metacal-offsets/snr50 ({n}², {pixel}"/px); galsim-mcal on the first {n_galsim}; '
+        f'{n_batched} stamps of metacal-offsets/snr50 ({n}², {pixel}"/px); '
+        f"galsim-mcal on {n_galsim} of them (evenly spread); "
         f"best of {repeats}; {os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"
     )
@@ -161,22 +186,18 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
     groups = n_batched // 4 // processes
     arrays = render_groups(card, "snr50", rank * groups, groups)
     batch = Batch.from_rendered(arrays, card)
-    share = n_galsim // processes
-    small = Batch(
-        observed=batch.observed[:share],
-        psf=batch.psf[:share],
-        noise_sigma=batch.noise_sigma[:share],
-        pixel_scale_arcsec=batch.pixel_scale_arcsec,
-        target_fwhm_arcsec=batch.target_fwhm_arcsec,
-    )
+    small = _spread(batch, n_galsim // processes)
     config = MetacalConfig()
     fft, fft32 = load_method("fft"), load_method("fft", precision="float32")
     galsim_mcal = load_method("galsim-mcal")
+    chunks = [_spread(batch, 0, (i, i + BATCH_SIZE)) for i in range(0, len(batch.observed), BATCH_SIZE)]
+
+    def batched(method):
+        return lambda: [measure_batch(method, chunk, method.deconvolve(chunk), config) for chunk in chunks]
+
     flows = {
-        "fft + metacal + wmom, Fourier route": lambda: measure_batch(fft, batch, fft.deconvolve(batch), config),
-        "fft float32 + metacal + wmom, Fourier route": lambda: measure_batch(
-            fft32, batch, fft32.deconvolve(batch), config
-        ),
+        "fft + metacal + wmom, Fourier route": batched(fft),
+        "fft float32 + metacal + wmom, Fourier route": batched(fft32),
         "galsim-mcal + wmom": lambda: measure_batch(galsim_mcal, small, None, config),
     }
     seconds = {name: [] for name in flows}
@@ -205,10 +226,11 @@ def main_processes(n_batched: int, n_galsim: int, repeats: int, processes: int) 
     for proc in procs:
         proc.join()
     load_after = os.getloadavg()
-    counts = {"galsim-mcal + wmom": n_galsim // processes * processes}
+    counts = {"galsim-mcal + wmom": min(n_galsim // processes, n_batched // 4 // processes * 4) * processes}
     print(
         f"{n_batched // 4 // processes * 4 * processes} stamps of metacal-offsets/snr50 on {processes} processes "
-        f"(1 BLAS/FFT thread each), galsim-mcal on {counts['galsim-mcal + wmom']}; best of {repeats} rounds; "
+        f"(1 BLAS/FFT thread each), galsim-mcal on {counts['galsim-mcal + wmom']} of them (evenly spread); "
+        f"best of {repeats} rounds; "
         f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     rates = {}
