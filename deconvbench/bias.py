@@ -26,7 +26,12 @@ split with sheared PSFs) on N stamps of a metacal card without storing any stamp
   executor and worker count;
 * after every chunk (in order) the accumulators are checkpointed atomically to
   ``OUT.partial.npz``; a killed run started again with the same arguments continues
-  from the last completed chunk (the result does not depend on where it was killed).
+  from the last completed chunk (the result does not depend on where it was killed);
+* a finished run keeps its final accumulators as ``OUT.state.npz``, so a later run with
+  the same arguments and a larger N can start from it (``--extend OUT``) instead of from
+  the first stamp: it renders only the new groups and gives the result, digest included,
+  of a fresh run with the larger N (the earlier N must be a whole number of chunks, so the
+  chunks and their bootstrap seeds line up).
 
 m = (⟨e1⟩₊ − ⟨e1⟩₋)/(2 g ⟨R11⟩) − 1, c = (⟨e2⟩₊ + ⟨e2⟩₋)/(2⟨R22⟩), c1 likewise on
 component 1, α = c1 / PSF g1 (reduced shears g; e is the estimator's ellipticity).
@@ -131,6 +136,10 @@ class BiasRun:
     def key(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
 
+    def key_without_n(self) -> str:
+        """The identity apart from N: what a run must share with the run it extends."""
+        return json.dumps({k: v for k, v in self.__dict__.items() if k != "n"}, sort_keys=True)
+
 
 class Accumulator:
     """Totals and Poisson-bootstrap replicates of the per-group sums, per channel
@@ -206,6 +215,47 @@ def _deconvolve(method, batch: Batch, first_group: int) -> np.ndarray:
 
 def _checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.npz")
+
+
+def state_path(out: str | Path) -> Path:
+    """Where a finished run keeps its final accumulators (``OUT.state.npz``)."""
+    out = Path(out)
+    return out.with_name(out.name + ".state.npz")
+
+
+def _load_state(path: Path, what: str) -> tuple[dict, dict[str, np.ndarray]]:
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["meta"])), {k: data[k] for k in ("sums", "boot", "counts")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise BiasInputError(f"{what} {path} is corrupt ({exc}); delete it to start over") from None
+
+
+def _extension_start(previous: Path, identity: BiasRun) -> tuple[dict, dict[str, np.ndarray]]:
+    """The saved state of the finished run ``previous`` (its result JSON), checked to be the
+    same run as ``identity`` with a smaller N that ends on a chunk boundary."""
+    path = state_path(previous)
+    if not path.exists():
+        raise BiasInputError(f"--extend: {path} not found (a finished bias run keeps its state there)")
+    meta, arrays = _load_state(path, "state file")
+    try:
+        earlier = json.loads(meta["identity"])
+        same = BiasRun(**{**earlier, "n": identity.n}).key() == identity.key()
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        raise BiasInputError(
+            f"--extend: {previous} is not this run with a smaller --n (method, card, split and options differ)"
+        )
+    n_before, chunk = int(earlier["n"]), GROUP * identity.chunk_groups
+    if not n_before < identity.n:
+        raise BiasInputError(f"--extend: {previous} already has {n_before} stamps; give a larger --n than that")
+    if n_before % chunk or meta.get("next_group") != n_before // GROUP:
+        raise BiasInputError(
+            f"--extend: {previous} ({n_before} stamps) does not end on a chunk boundary ({chunk} stamps); "
+            "its bootstrap would not line up with a fresh run"
+        )
+    return {**meta, "identity": identity.key(), "extended_from": n_before}, arrays
 
 
 def _save_checkpoint(path: Path, acc: Accumulator, meta: dict) -> None:
@@ -310,10 +360,13 @@ def run_bias(
     stop_after_chunks: int | None = None,
     executor: ExecutorSpec | None = None,
     method_options: dict | None = None,
+    extend: str | Path | None = None,
 ) -> dict | None:
     """Streaming bias run (see module docstring); writes the result JSON to ``out`` and
-    returns it. ``stop_after_chunks`` stops early leaving the checkpoint (tests of the
-    resume path); then None is returned.
+    returns it. ``extend``: the result JSON of a finished run of the same method, card,
+    split and options with a smaller N, continued from its ``.state.npz``.
+    ``stop_after_chunks`` stops early leaving the checkpoint (tests of the resume path);
+    then None is returned.
 
     ``executor`` says where the chunks run (default: inline, in this process, with the
     ``method`` instance); worker processes build their own method with
@@ -359,16 +412,15 @@ def run_bias(
         "g_true": 0.0,
     }
     check_writable(out, "result file")
+    resumed = False
     if ckpt.exists():
-        try:
-            with np.load(ckpt) as data:
-                saved = json.loads(str(data["meta"]))
-                arrays = {k: data[k] for k in ("sums", "boot", "counts")}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise BiasInputError(f"resume checkpoint {ckpt} is corrupt ({exc}); delete it to start over") from None
+        saved, arrays = _load_state(ckpt, "resume checkpoint")
         if saved.get("identity") == identity.key():
-            meta = saved
+            meta, resumed = saved, True
             acc.load(arrays)
+    if extend is not None and not resumed:
+        meta, arrays = _extension_start(Path(extend), identity)
+        acc.load(arrays)
     n_groups = n // GROUP
     executor = executor or ExecutorSpec(kind="inline")
     task_method = (
@@ -482,6 +534,7 @@ def run_bias(
         "command": command,
         "metacal": block,
     }
+    _save_checkpoint(state_path(out), acc, meta)
     write_json_atomic(out, result)
     ckpt.unlink(missing_ok=True)
     return result

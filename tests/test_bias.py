@@ -65,6 +65,47 @@ def test_resume_after_a_kill_gives_the_same_result(card, streamed, tmp_path):
     assert resumed["dataset"]["checksum"] == streamed["dataset"]["checksum"]
 
 
+def test_extending_a_finished_run_equals_a_fresh_run(card, streamed, tmp_path):
+    """A finished run keeps its state; ``extend`` continues it to a larger N and gives the
+    fresh N-stamp run's numbers and digest exactly (only the new groups are rendered)."""
+    from deconvbench.bias import BiasInputError, state_path
+
+    first = tmp_path / "first.json"
+    run_bias(load_method("fft"), card, "noiseless", N // 2, first, chunk_groups=4)
+    assert state_path(first).exists() and not first.with_name(first.name + ".partial.npz").exists()
+    extended = run_bias(load_method("fft"), card, "noiseless", N, tmp_path / "more.json", chunk_groups=4, extend=first)
+    for key in ("m", "m_err", "c", "c_err", "c1", "m_floor_truth", "n_pairs"):
+        assert extended["metacal"][key] == streamed["metacal"][key], key
+    assert extended["dataset"]["checksum"] == streamed["dataset"]["checksum"]
+    assert extended["dataset"]["n"] == N
+    # not the same run, not on a chunk boundary, not larger, no state: one clear error each
+    bad = [
+        (dict(n=N, chunk_groups=8), "differ"),
+        (dict(n=N, config=MetacalConfig(fixnoise=True)), "differ"),
+        (dict(n=N // 4, chunk_groups=4), "larger --n"),
+    ]
+    for kwargs, message in bad:
+        n = kwargs.pop("n")
+        with pytest.raises(BiasInputError, match=message):
+            run_bias(
+                load_method("fft"),
+                card,
+                "noiseless",
+                n,
+                tmp_path / "x.json",
+                **{"chunk_groups": 4, **kwargs},
+                extend=first,
+            )
+    odd = tmp_path / "odd.json"
+    run_bias(load_method("fft"), card, "noiseless", 20, odd, chunk_groups=4)  # 20 stamps: not whole 16-stamp chunks
+    with pytest.raises(BiasInputError, match="chunk boundary"):
+        run_bias(load_method("fft"), card, "noiseless", N, tmp_path / "y.json", chunk_groups=4, extend=odd)
+    with pytest.raises(BiasInputError, match="not found"):
+        run_bias(
+            load_method("fft"), card, "noiseless", N, tmp_path / "z.json", chunk_groups=4, extend=tmp_path / "none.json"
+        )
+
+
 def test_stamp_digest_depends_on_the_stamps_not_on_chunking(card, streamed, tmp_path):
     other_chunks = run_bias(load_method("fft"), card, "noiseless", N, tmp_path / "a.json", chunk_groups=16)
     assert other_chunks["dataset"]["checksum"] == streamed["dataset"]["checksum"]

@@ -37,6 +37,9 @@ def bias_command(
         None, "--device", help="run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
     option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
+    extend: Path | None = typer.Option(
+        None, "--extend", help="result JSON of the same run with a smaller --n: continue from its saved state"
+    ),
     executor: str = EXECUTOR_OPTION,
     workers: int = WORKERS_OPTION,
     scheduler: str | None = SCHEDULER_OPTION,
@@ -75,6 +78,7 @@ def bias_command(
             command=command_line(),
             executor=spec,
             method_options=method_options,
+            extend=extend,
         )
     print(bias_table(result))
     print(
