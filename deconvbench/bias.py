@@ -67,6 +67,7 @@ from .metacal.measure import (
 from .metacal.psf_fit import reconv_fwhm
 from .methods import Batch
 from .metrics.aggregate import snr_labels
+from .runinfo import process_peak_rss_mb
 from .store import CONTENT_KEYS, ContentHasher
 
 #: marker of a streaming bias result (``metacal.mode``)
@@ -299,13 +300,15 @@ class BiasTask:
 @dataclass
 class ChunkSums:
     """What a chunk task returns: its accumulator, the digests of its groups (index
-    order), the largest |g1| seen, the non-finite estimates and worker-side seconds."""
+    order), the largest |g1| seen, the non-finite estimates, worker-side seconds and the
+    peak resident memory of the process that ran it (MB)."""
 
     acc: Accumulator
     group_digests: list[str]
     g_true: float
     nonfinite: int
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
 
 
 def bias_chunk(task: BiasTask) -> ChunkSums:
@@ -343,7 +346,8 @@ def bias_chunk(task: BiasTask) -> ChunkSums:
             mask = group_labels == label
             acc.add(channel, label, sums[mask], keep[mask], weights[:, mask], int(invalid[mask].sum()))
     seconds = {"render": t_render, "deconv": t_deconv, "metacal": t_metacal, "task": time.perf_counter() - t0}
-    return ChunkSums(acc, _group_digests(arrays), float(np.max(np.abs(params["shear_g1"]))), nonfinite, seconds)
+    g_true = float(np.max(np.abs(params["shear_g1"])))
+    return ChunkSums(acc, _group_digests(arrays), g_true, nonfinite, seconds, process_peak_rss_mb())
 
 
 def run_bias(
@@ -448,6 +452,7 @@ def run_bias(
             meta["render_seconds"] += chunk.seconds["render"]
             meta["deconv_seconds"] += chunk.seconds["deconv"]
             meta["metacal_seconds"] += chunk.seconds["metacal"]
+            meta["worker_peak_mb"] = max(meta.get("worker_peak_mb", 0.0), chunk.peak_rss_mb)
             now = time.perf_counter()
             meta["seconds"] += now - since  # wall time of the stream, as seen by the client
             since = now
@@ -530,6 +535,9 @@ def run_bias(
         },
         "peak_memory_mb": memory.peak_mb,
         "memory_increase_mb": memory.increase_mb,
+        # the largest peak RSS of a process that ran chunks (this one when inline); over the
+        # whole run, an extended run's earlier part included
+        "worker_peak_memory_mb": meta.get("worker_peak_mb"),
         "timestamp": utc_now(),
         "command": command,
         "metacal": block,

@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -67,6 +68,16 @@ def hardware(device: str = "cpu") -> dict:
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+def process_peak_rss_mb() -> float:
+    """Peak resident memory of this process over its lifetime so far, MB (``ru_maxrss``;
+    kilobytes on Linux, bytes on macOS). A worker reports it with its results, so a run can
+    state the memory of its workers, not only of the process that collects them."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class PeakMemory:

@@ -143,6 +143,8 @@ def test_bias_sums_are_bit_identical_on_dask(smoke_metacal, inline_bias, shared_
     )
     same_numbers(result, inline_bias)
     assert result["metacal"]["overall"]["n"] == BIAS_N
+    # the workers' own peak memory is recorded, not only the client's
+    assert 50 < result["worker_peak_memory_mb"] < 4000
 
 
 def test_a_bias_run_stopped_inline_resumes_on_local_workers_to_the_same_numbers(smoke_metacal, inline_bias, tmp_path):
