@@ -9,8 +9,9 @@ snr20/snr50/snr100, with and without ``--fixnoise``; default N = 1000000 stamps,
 fft, results under ``results/precision/``); run them when the machine is free (each
 checkpoints and resumes). ``table`` reads result files written by ``deconvbench bias`` and
 prints one row per file: method, split, fixnoise, N, m ± σm, c ± σc, the run's truth floor
-m, wall time of the stream (``throughput.stream_seconds``) and peak memory
-(``peak_memory_mb``), sorted by method, SNR and fixnoise. (Not an asv benchmark: asv only
+m, wall time of the stream (``throughput.stream_seconds``) and peak memory (the larger of
+the collecting process's ``peak_memory_mb`` and the workers' ``worker_peak_memory_mb``,
+which runs record since it exists), sorted by method, SNR and fixnoise. (Not an asv benchmark: asv only
 imports this module.)
 """
 
@@ -52,7 +53,10 @@ def row(result: dict) -> dict:
         "c_err": block["c_err"],
         "m_floor_truth": block.get("m_floor_truth"),
         "seconds": throughput.get("stream_seconds"),
-        "peak_memory_mb": result.get("peak_memory_mb"),
+        "peak_memory_mb": max(
+            (v for v in (result.get("peak_memory_mb"), result.get("worker_peak_memory_mb")) if v is not None),
+            default=None,
+        ),
     }
 
 

@@ -142,6 +142,9 @@ def test_precision_table_commands_and_rows(tmp_path, capsys):
     rows = table.table([str(p) for p in paths]).splitlines()[2:]
     assert [r.split("|")[2:4] for r in rows] == [[" snr20 ", " no "], [" snr50 ", " no "], [" snr50 ", " yes "]]
     assert "| +1.07e-02 | 4.6e-03 |" in rows[2] and rows[2].endswith("| 254 | 812 |")
+    with_workers = json.loads(paths[0].read_text()) | {"worker_peak_memory_mb": 1234.0}
+    paths[0].write_text(json.dumps(with_workers))  # the workers' peak when it is the larger
+    assert table.table([str(paths[0])]).splitlines()[2].endswith("| 254 | 1234 |")
     assert table.main(["table", str(tmp_path / "missing.json")]) == 2
     assert table.main(["nonsense"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
