@@ -53,7 +53,7 @@ from .methods import Batch, Deconvolver
 from .metrics.aggregate import aggregate, snr_labels, stamp_metrics
 from .psf_error import ModelPSFs, PSFError, result_block
 from .results_schema import SCHEMA_VERSION
-from .runinfo import PeakMemory, git_commit, hardware, package_versions, utc_now
+from .runinfo import PeakMemory, git_commit, hardware, package_versions, process_peak_rss_mb, utc_now
 from .store import CONTENT_KEYS, ContentHasher, open_dataset
 
 STATUS_OK, STATUS_RAISED, STATUS_BAD_SHAPE, STATUS_NONFINITE = 0, 1, 2, 3
@@ -359,6 +359,7 @@ def run_method(
                 progress(state.next_index)
         since = time.perf_counter()
         where = {"executor": "in-process", "workers": 1}
+        worker_peak_mb = 0.0
         with PeakMemory() as memory:
             if executor is None or executor.kind == "inline":
                 outcomes = _outcomes_in_process(
@@ -382,6 +383,7 @@ def run_method(
             with contextlib.closing(outcomes):  # an error or Ctrl-C here shuts the executor down at once
                 for outcome, range_done in outcomes:
                     _merge_outcome(state, outcome, writer)
+                    worker_peak_mb = max(worker_peak_mb, outcome.peak_rss_mb)
                     if range_done:  # a checkpoint after every task (every batch in process)
                         if writer:
                             writer.flush()
@@ -400,6 +402,8 @@ def run_method(
     if evaluation is not None:
         result["evaluation"] = evaluation
     result["throughput"].update(_wall_throughput(state, where))
+    # the largest peak RSS of a process that ran batches (this one in process), this invocation
+    result["worker_peak_memory_mb"] = worker_peak_mb or None
     write_json_atomic(out, _json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result
@@ -423,11 +427,13 @@ def batches_per_task(n_batches: int, batch_size: int, workers: int) -> int:
 @dataclass
 class BatchOutcome:
     """What one batch of stamps ``start .. start+part.n`` produced: its per-stamp state
-    (indices relative to the batch) and, when asked for, the estimates (float32)."""
+    (indices relative to the batch), when asked for the estimates (float32), and the peak
+    resident memory (MB) of the process that ran it."""
 
     start: int
     part: RunState
     estimate: np.ndarray | None = None
+    peak_rss_mb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -486,7 +492,7 @@ def process_batch(
     else:
         part.status[:] = status
         part.errors.append(f"stamps {start}..{start + count - 1}: {error}")
-    return BatchOutcome(start, part, kept)
+    return BatchOutcome(start, part, kept, process_peak_rss_mb())
 
 
 def run_batch_range(task: RunTask) -> list[BatchOutcome]:

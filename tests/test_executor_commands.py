@@ -315,6 +315,7 @@ def test_run_gives_bit_identical_per_stamp_results_on_every_executor(
     assert (throughput["executor"], throughput["workers"]) == (spec.kind, 2)
     assert (reference["executor"], reference["workers"]) == ("in-process", 1)
     assert throughput["wall_gal_per_s"] > 0 and throughput["deconv_gal_per_s"] > 0
+    assert 50 < ran[0]["worker_peak_memory_mb"] < 4000  # the workers' peak, not only the client's
 
 
 def test_an_interrupted_executor_run_resumes_to_the_same_numbers(run_metacal_file, inline_run, monkeypatch, tmp_path):
