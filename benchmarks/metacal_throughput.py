@@ -31,27 +31,19 @@ from dataclasses import replace
 BATCH_SIZE = 256
 
 
-def _spread(batch, count: int, span: tuple[int, int] | None = None):
+def _take(batch, pick):
+    """The stamps ``pick`` (indices or a slice) of ``batch``."""
+    return replace(batch, observed=batch.observed[pick], psf=batch.psf[pick], noise_sigma=batch.noise_sigma[pick])
+
+
+def _spread(batch, count: int):
     """``count`` stamps of ``batch`` spread evenly over it (all of them when ``count`` ≥ its
     size): galsim-mcal's cost grows with the galaxy's size, so its subset must be a fair
-    sample of the stamps the batched rows measure, not their first ones. ``span``: the
-    stamps ``[start, stop)`` instead."""
+    sample of the stamps the batched rows measure, not their first ones."""
     import numpy as np
 
-    from deconvbench.methods import Batch
-
     total = len(batch.observed)
-    if span is not None:
-        pick = np.arange(span[0], min(span[1], total))
-    else:
-        pick = np.arange(total) if count >= total else np.linspace(0, total - 1, count).round().astype(int)
-    return Batch(
-        observed=batch.observed[pick],
-        psf=batch.psf[pick],
-        noise_sigma=batch.noise_sigma[pick],
-        pixel_scale_arcsec=batch.pixel_scale_arcsec,
-        target_fwhm_arcsec=batch.target_fwhm_arcsec,
-    )
+    return _take(batch, slice(None) if count >= total else np.linspace(0, total - 1, count).round().astype(int))
 
 
 def _best(fn, repeats: int) -> float:
@@ -190,7 +182,7 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
     config = MetacalConfig()
     fft, fft32 = load_method("fft"), load_method("fft", precision="float32")
     galsim_mcal = load_method("galsim-mcal")
-    chunks = [_spread(batch, 0, (i, i + BATCH_SIZE)) for i in range(0, len(batch.observed), BATCH_SIZE)]
+    chunks = [_take(batch, slice(i, i + BATCH_SIZE)) for i in range(0, len(batch.observed), BATCH_SIZE)]
 
     def batched(method):
         return lambda: [measure_batch(method, chunk, method.deconvolve(chunk), config) for chunk in chunks]

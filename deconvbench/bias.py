@@ -137,10 +137,6 @@ class BiasRun:
     def key(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
 
-    def key_without_n(self) -> str:
-        """The identity apart from N: what a run must share with the run it extends."""
-        return json.dumps({k: v for k, v in self.__dict__.items() if k != "n"}, sort_keys=True)
-
 
 class Accumulator:
     """Totals and Poisson-bootstrap replicates of the per-group sums, per channel
@@ -256,7 +252,7 @@ def _extension_start(previous: Path, identity: BiasRun) -> tuple[dict, dict[str,
             f"--extend: {previous} ({n_before} stamps) does not end on a chunk boundary ({chunk} stamps); "
             "its bootstrap would not line up with a fresh run"
         )
-    return {**meta, "identity": identity.key(), "extended_from": n_before}, arrays
+    return {**meta, "identity": identity.key()}, arrays
 
 
 def _save_checkpoint(path: Path, acc: Accumulator, meta: dict) -> None:

@@ -75,8 +75,9 @@ def progress_task(description: str, total: int) -> Iterator[Callable[[int], None
         yield RateTracker(progress, task)
 
 
-def parse_options(options: list[str]) -> dict[str, dict]:
-    """``METHOD.key=value`` → {METHOD: {key: value}} (values parsed as JSON when possible)."""
+def parse_options(options: list[str], methods=None) -> dict[str, dict]:
+    """``METHOD.key=value`` → {METHOD: {key: value}} (values parsed as JSON when possible);
+    with ``methods`` (the ``--method`` names), an option of any other method is a usage error."""
     parsed: dict[str, dict] = {}
     for item in options:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -87,6 +88,9 @@ def parse_options(options: list[str]) -> dict[str, dict]:
             parsed.setdefault(method, {})[name] = json.loads(value)
         except json.JSONDecodeError:
             parsed.setdefault(method, {})[name] = value
+    unknown = set(parsed) - set(methods if methods is not None else parsed)
+    if unknown:
+        raise UsageError(f"--option names a method other than --method: {', '.join(sorted(unknown))}")
     return parsed
 
 

@@ -13,7 +13,6 @@ from ._common import (
     SCHEDULER_FILE_OPTION,
     SCHEDULER_OPTION,
     WORKERS_OPTION,
-    UsageError,
     command_line,
     executor_spec,
     metacal_config,
@@ -54,11 +53,7 @@ def bias_command(
 
     spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
     config = metacal_config(estimator, fixnoise, device)
-    options = parse_options(option)
-    unknown = set(options) - {method}
-    if unknown:
-        raise UsageError(f"--option names a method other than --method {method}: {', '.join(sorted(unknown))}")
-    method_options = options.get(method, {})
+    method_options = parse_options(option, [method]).get(method, {})
     card_obj = load_card(card)
     card_obj.split(split)
     suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")

@@ -86,11 +86,8 @@ def run(
     from ..psf_error import parse_psf_error
     from ..tables import comparison_table, metacal_table
 
-    options = parse_options(option)
+    options = parse_options(option, method)
     model_error = parse_psf_error(psf_error) if psf_error is not None else None
-    unknown = set(options) - set(method)
-    if unknown:
-        raise UsageError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
     mcal_config = None
     if metacal:
         mcal_config = metacal_config(estimator, fixnoise, device)

@@ -54,10 +54,7 @@ def sensitivity(
     from ..psf_error import PSFError
     from ..robustness import SENSITIVITY_COLUMNS, sensitivity_rows
 
-    options = parse_options(option)
-    unknown = set(options) - set(method)
-    if unknown:
-        raise UsageError(f"--option names a method not in --method: {', '.join(sorted(unknown))}")
+    options = parse_options(option, method)
     if data is None and (dataset is None or split is None):
         raise UsageError("say what to run on: --data FILE, or --dataset CARD --split SPLIT")
     errors = [PSFError()]

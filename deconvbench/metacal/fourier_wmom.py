@@ -120,6 +120,13 @@ def kernel_band(size: int, gauss_variance_pixels: float, matrices, epsilon: floa
     return np.flatnonzero(np.abs(uy) <= k_max), np.flatnonzero(ux <= k_max)
 
 
+def batch_band(size: int, sigma_g, weight_sigma_pixels: float, matrices, finite):
+    """:func:`kernel_band` for a batch: the narrowest Γ (σ_Γ (B,), pixels) among the usable
+    stamps (``finite`` (B,)) sets it; the whole grid when none is usable."""
+    narrowest = float(np.min(np.asarray(sigma_g)[finite], initial=np.inf))
+    return kernel_band(size, narrowest**2 + weight_sigma_pixels**2, matrices)
+
+
 def inverse_transpose(g1: float, g2: float) -> np.ndarray:
     """``L = S⁻ᵀ`` of GalSim's shear matrix: ``k = L u`` for ``u = Sᵀk``."""
     return np.linalg.inv(shear_matrix(g1, g2)).T
@@ -270,7 +277,7 @@ def metacal_wmom(
     finite = np.isfinite(spectrum).all(axis=(1, 2)) & np.isfinite(sigma_g)
     if noise_spectrum is not None:
         finite &= np.isfinite(noise_spectrum).all(axis=(1, 2))
-    band = kernel_band(size, float(np.min(sigma_g[finite], initial=np.inf)) ** 2 + sigma_w**2, mats)
+    band = batch_band(size, sigma_g, sigma_w, mats, finite)
     spectrum = spectrum[:, band[0]][:, :, band[1]]
     centre = float(stamp_size // 2)
     waves = _waves(types, step)

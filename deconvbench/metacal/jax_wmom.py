@@ -38,8 +38,8 @@ from ..moments import (
 )
 from .estimators import WMOM_WEIGHT_FWHM_ARCSEC, _to_estimate
 from .fourier_wmom import (
+    batch_band,
     fourier_round_weight_sums,
-    kernel_band,
     metacal_kernel_bases,
     rotated_quarter_turn_centres,
     rotated_quarter_turn_sums,
@@ -251,9 +251,7 @@ class JaxMetacal:
         if noise_deconvolved is not None:
             finite &= np.isfinite(F.as_stack(noise_deconvolved, "noise_deconvolved")).all(axis=(1, 2))
         # the numpy route's band (the same modes, so the same sums); static: one compilation per band
-        rows, cols = kernel_band(
-            size, float(np.min(sigma_g[finite], initial=np.inf)) ** 2 + sigma_w**2, type_matrices(types, step)
-        )
+        rows, cols = batch_band(size, sigma_g, sigma_w, type_matrices(types, step), finite)
         band = (tuple(int(i) for i in rows), tuple(int(i) for i in cols))
         with jax.enable_x64(True):
             args = [jax.device_put(np.ascontiguousarray(x), self.device) for x in (images, ratio, sigma_g)]
