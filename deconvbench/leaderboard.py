@@ -343,10 +343,12 @@ def leaderboard_cells(row: dict, has_metacal: bool) -> list[str]:
 
 
 LEADERBOARD_NOTE = (
-    f"Requirement marked in **req**: |m| < {M_REQUIREMENT:g} and |c| < {C_REQUIREMENT:g} (central values; "
+    f"Requirement marked in **req**: |m| < {M_REQUIREMENT:g} and |c| < {C_REQUIREMENT:g} for both c1 and c2 "
+    "(central values; "
     '"no" also where a bias exceeds it by more than 3σ; "σ too large" where σm or σc exceeds the '
     "requirement otherwise, so the test cannot tell). "
-    "Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²). NMSE, SSIM: means over stamps; |Δe|: mean adaptive-moment "
+    "Q = 2000 / sqrt(1 + (m/1e-3)² + (c/1e-4)²), c the component-2 bias shown. "
+    "NMSE, SSIM: means over stamps; |Δe|: mean adaptive-moment "
     "ellipticity error. failures: stamps for which the method raised, returned the wrong shape or non-finite "
     "values (excluded from every average)."
 )

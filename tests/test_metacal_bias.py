@@ -108,3 +108,24 @@ def test_end_to_end_noiseless_metacal_wmom():
     # measured: m = 8.522e-5, the estimator's own O(g²) term; c, c1 ~ 1e-9
     assert res["m"] == pytest.approx(8.522e-5, abs=1e-7)
     assert abs(res["c"]) < 1e-8 and abs(res["c1"]) < 1e-8
+
+
+@pytest.mark.parametrize(
+    ("stats", "verdict"),
+    [
+        ({"m": 5e-4, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5}, "yes"),
+        ({"m": 5e-4, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5, "c1": -3e-5, "c1_err": 1e-5}, "yes"),
+        # the component-1 additive bias counts as much as component 2 (PSF leakage lands there)
+        ({"m": 5e-4, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5, "c1": 8e-3, "c1_err": 1e-4}, "no"),
+        ({"m": 5e-4, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5, "c1": 5e-5, "c1_err": 3e-4}, "σ too large"),
+        ({"m": 5e-3, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5}, "no"),
+        ({"m": 2e-3, "m_err": 2e-3, "c": 2e-5, "c_err": 1e-5}, "σ too large"),
+        ({"m": 1.2e-3, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5}, "no"),
+        ({"m": None, "c": 2e-5}, "–"),
+        ({"m": 5e-4, "m_err": 1e-4, "c": 2e-5, "c_err": 1e-5, "c1": None}, "yes"),
+    ],
+)
+def test_requirement_verdict_checks_m_and_both_additive_components(stats, verdict):
+    from deconvbench.metacal.measure import requirement_verdict
+
+    assert requirement_verdict(stats) == verdict
