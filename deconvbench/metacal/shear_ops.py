@@ -278,6 +278,7 @@ def _apply_shears(
     """Shared pipeline: pad, interpolate onto the fine grid, shear by each matrix, multiply
     by ``filter_fn(ky, kx, matrix)`` (None: band mask only), fold, crop."""
     n = images.shape[-1]
+    workers = F.fft_threads(workers)
     size = max(F.padded_size(n, pad_factor), F.padded_size(n + 2, 1.0))
     spec = _padded_spectrum(images, size, workers)
     factors = {key: elementary_shear_factors(np.linalg.inv(m)) for key, m in matrices.items()}
@@ -361,7 +362,8 @@ def metacal_images(
         ~1e-6 of the peak for smooth galaxies, ~1e-5 for noise-dominated stamps, when
         it is raised to 4, from the band-limited interpolation of the stamp-edge cut).
     workers : int or None
-        Threads for ``scipy.fft`` (None = scipy's default, single-threaded).
+        Threads for ``scipy.fft`` (None: the process's FFT thread count,
+        :func:`deconvbench.fourier.fft_threads`, as every FFT of the project).
 
     Returns
     -------
