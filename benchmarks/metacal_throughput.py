@@ -74,6 +74,7 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     config = MetacalConfig()
     image_config = replace(config, route="image")
     fixnoise = replace(config, fixnoise=True)
+    regularised = replace(config, centring="regularised")
     seeds = arrays["params"]["noise_seed"]
     fft, fft32 = load_method("fft"), load_method("fft", precision="float32")
     galsim_mcal = load_method("galsim-mcal")
@@ -85,6 +86,8 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     runs = [
         ("fft + metacal + wmom, Fourier route", flow(fft, config), n_batched),
         ("fft float32 + metacal + wmom, Fourier route", flow(fft32, config), n_batched),
+        ("fft + metacal + wmom, regularised centring", flow(fft, regularised), n_batched),
+        ("fft float32 + metacal + wmom, regularised centring", flow(fft32, regularised), n_batched),
         ("fft + metacal + wmom + fixnoise, Fourier route", flow(fft, fixnoise), n_batched),
         ("fft float32 + metacal + wmom + fixnoise, Fourier", flow(fft32, fixnoise), n_batched),
         ("fft + metacal + wmom, image route", flow(fft, image_config), n_batched),
@@ -130,6 +133,10 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
         ("  PSF fit (fitgauss, once per distinct PSF)", lambda: reconv_fwhm(batch.psf, pixel)),
         ("  galaxy spectrum (rfft2 of D, /T~)", lambda: galaxy_spectrum(estimate, pixel, target)),
         ("  five wmom in Fourier space", lambda: metacal_wmom(spectrum, n, pixel, reconv)),
+        (
+            "  five wmom in Fourier space, regularised centring",
+            lambda: metacal_wmom(spectrum, n, pixel, reconv, centring="regularised"),
+        ),
     ]
 
     load_before = os.getloadavg()
@@ -155,7 +162,7 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
     by_name = {name: (rate, ms) for name, rate, ms in rows}
     galsim = by_name["galsim-mcal + wmom"]
     floor = by_name[floors[1][0]]
-    for name in ("fft + metacal + wmom, Fourier route", "fft float32 + metacal + wmom, Fourier route"):
+    for name in (name for name, _, _ in runs if name.startswith("fft") and "fixnoise" not in name):
         rate, ms = by_name[name]
         print(
             f"{name}: {rate:.0f} gal/s = {rate / galsim[0]:.1f}x galsim-mcal ({galsim[0]:.1f} gal/s); "
@@ -184,8 +191,10 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
     galsim_mcal = load_method("galsim-mcal")
     chunks = [_take(batch, slice(i, i + BATCH_SIZE)) for i in range(0, len(batch.observed), BATCH_SIZE)]
 
-    def batched(method):
-        return lambda: [measure_batch(method, chunk, method.deconvolve(chunk), config) for chunk in chunks]
+    regularised = replace(config, centring="regularised")
+
+    def batched(method, cfg=config):
+        return lambda: [measure_batch(method, chunk, method.deconvolve(chunk), cfg) for chunk in chunks]
 
     from deconvbench import fourier as F
 
@@ -200,6 +209,8 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
     flows = {
         "fft + metacal + wmom, Fourier route": batched(fft),
         "fft float32 + metacal + wmom, Fourier route": batched(fft32),
+        "fft + metacal + wmom, regularised centring": batched(fft, regularised),
+        "fft float32 + metacal + wmom, regularised centring": batched(fft32, regularised),
         "galsim-mcal + wmom": lambda: measure_batch(galsim_mcal, small, None, config),
         f"FFT floor (rfft2 + irfft2 of {deconv}², rfft2 of {n}²)": fft_floor,
     }
@@ -244,7 +255,7 @@ def main_processes(n_batched: int, n_galsim: int, repeats: int, processes: int) 
         print(f"{name:62s} {rates[name]:10.1f} gal/s {1e3 * wall / count:9.4f} ms/gal (wall, all processes)")
     galsim = rates["galsim-mcal + wmom"]
     floor = next(rate for name, rate in rates.items() if name.startswith("FFT floor"))
-    for name in ("fft + metacal + wmom, Fourier route", "fft float32 + metacal + wmom, Fourier route"):
+    for name in (name for name in rates if name.startswith("fft")):
         print(
             f"{name}: {rates[name]:.0f} gal/s on {processes} processes = {rates[name] / galsim:.1f}x galsim-mcal; "
             f"{floor / rates[name]:.2f}x the FFT floor's time"

@@ -133,9 +133,13 @@ class BiasRun:
     chunk_groups: int
     n_boot: int
     bootstrap_seed: int
+    centring: str = "newton"
 
     def key(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        fields = dict(self.__dict__)
+        if fields["centring"] == "newton":  # the default: the keys of runs made before the option
+            del fields["centring"]
+        return json.dumps(fields, sort_keys=True)
 
 
 class Accumulator:
@@ -396,6 +400,7 @@ def run_bias(
         chunk_groups=chunk_groups,
         n_boot=n_boot,
         bootstrap_seed=config.bootstrap_seed,
+        centring=config.centring,
     )
     levels = card.snr_levels(split)
     labels = list(dict.fromkeys(snr_labels(np.asarray(sorted(levels), dtype=np.float64))))

@@ -181,6 +181,8 @@ def _variant(data: dict) -> str:
         parts.append(str(block["estimator"]))
     if block.get("fixnoise"):
         parts.append("fixnoise")
+    if block.get("centring", "newton") != "newton":
+        parts.append(str(block["centring"]))
     if data.get("psf_error"):  # a model PSF with an error: kept apart from the exact-PSF rows
         parts.append(PSFError(**{k: float(data["psf_error"][k]) for k in ("size", "e1", "e2")}).tag())
     if (data.get("evaluation") or {}).get("family") == OUT_OF_FAMILY:

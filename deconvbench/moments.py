@@ -121,21 +121,49 @@ def _finish(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def newton_recentre_step(f, sx, sy, sxx, syy, sxy, sig2: float, xp=np):
+#: the centring steps of the wmom iteration (:func:`newton_recentre_step`)
+CENTRING_STEPS = ("newton", "regularised")
+
+#: the smallest eigenvalue the "regularised" step gives the centring Jacobian
+REGULARISED_MIN_EIGENVALUE = 0.1
+
+
+def newton_recentre_step(f, sx, sy, sxx, syy, sxy, sig2: float, xp=np, centring: str = "newton"):
     """The wmom centring step from the six weighted sums about the current centre ``c``
     (``Σ w I (1, dx, dy, dx², dy², dx·dy)``, pixels): Newton's step for a Gaussian image,
-    ``(1 − M/σ²)⁻¹ m₁`` (``m₁`` the weighted mean offset, ``M`` the weighted covariance),
-    a plain ``m₁`` step where that matrix is ill-conditioned; each component clipped to
-    ±1 pixel, NaN → 0. Pure and elementwise: ``xp`` is numpy or jax.numpy.
-    Returns ``(step_x, step_y)``."""
+    ``J⁻¹ m₁`` with ``J = 1 − M/σ²`` (``m₁`` the weighted mean offset, ``M`` the weighted
+    covariance) where ``det J > 0.05``; each component clipped to ±1 pixel, NaN → 0.
+
+    Where ``det J ≤ 0.05`` (objects as large as the weight or larger: ``J ≈ σ²/(σ² + s²)``
+    for a Gaussian of variance s²) ``centring`` picks the step:
+
+    * ``"newton"``: the plain step ``m₁`` (a fixed-point iteration converging linearly at
+      rate ≈ 1 − λ_min(J), which can exceed ``max_iter``: the object is then flagged);
+    * ``"regularised"``: ``(J + μ)⁻¹ m₁`` with μ ≥ 0 the smallest shift that lifts
+      λ_min(J) to :data:`REGULARISED_MIN_EIGENVALUE` (Levenberg–Marquardt); the same fixed
+      point, reached in a few steps. Elsewhere both are the same step, to the bit.
+
+    Pure and elementwise: ``xp`` is numpy or jax.numpy. Returns ``(step_x, step_y)``."""
     mx, my = sx / f, sy / f
     mxx, myy, mxy = sxx / f - mx * mx, syy / f - my * my, sxy / f - mx * my
     jxx, jyy, jxy = 1.0 - mxx / sig2, 1.0 - myy / sig2, -mxy / sig2
     det = jxx * jyy - jxy * jxy
     newton = (det > 0.05) & (jxx > 0) & xp.isfinite(det)
     safe = xp.where(newton, det, 1.0)
-    step_x = xp.where(newton, (jyy * mx - jxy * my) / safe, mx)
-    step_y = xp.where(newton, (jxx * my - jxy * mx) / safe, my)
+    fallback_x, fallback_y = mx, my
+    if centring == "regularised":
+        lam_min = 0.5 * (jxx + jyy) - xp.sqrt(0.25 * (jxx - jyy) ** 2 + jxy * jxy)
+        shift = xp.maximum(0.0, REGULARISED_MIN_EIGENVALUE - lam_min)
+        rxx, ryy = jxx + shift, jyy + shift
+        rdet = rxx * ryy - jxy * jxy
+        usable = xp.isfinite(rdet) & (rdet > 0)
+        rsafe = xp.where(usable, rdet, 1.0)
+        fallback_x = xp.where(usable, (ryy * mx - jxy * my) / rsafe, mx)
+        fallback_y = xp.where(usable, (rxx * my - jxy * mx) / rsafe, my)
+    elif centring != "newton":
+        raise ValueError(f"centring must be one of {', '.join(CENTRING_STEPS)}, got {centring!r}")
+    step_x = xp.where(newton, (jyy * mx - jxy * my) / safe, fallback_x)
+    step_y = xp.where(newton, (jxx * my - jxy * mx) / safe, fallback_y)
     return xp.clip(xp.nan_to_num(step_x), -1.0, 1.0), xp.clip(xp.nan_to_num(step_y), -1.0, 1.0)
 
 
@@ -150,6 +178,7 @@ def recentred_round_weight(
     max_shift: float = 4.0,
     recentre: bool = True,
     start=None,
+    centring: str = "newton",
 ) -> dict[str, np.ndarray]:
     """The wmom iteration, for any way of computing the weighted sums.
 
@@ -161,7 +190,8 @@ def recentred_round_weight(
     usable stamps. Centres start at ``(x0, y0)``; stamps still iterating are carried in an
     active set; ``start`` (``(cx, cy)`` arrays (B,)) starts them elsewhere (a nearby
     guess: fewer iterations, the same fixed point; ``max_shift`` still counts from
-    ``(x0, y0)``). Returns the dict of :func:`weighted_moments`."""
+    ``(x0, y0)``); ``centring``: the step where the Jacobian is ill-conditioned
+    (:func:`newton_recentre_step`). Returns the dict of :func:`weighted_moments`."""
     b = len(finite)
     out = _result(b)
     sig2 = float(weight_sigma_pixels) ** 2
@@ -183,7 +213,7 @@ def recentred_round_weight(
         if not recentre:
             break
         with np.errstate(invalid="ignore", divide="ignore"):
-            step_x, step_y = newton_recentre_step(*s, sig2)
+            step_x, step_y = newton_recentre_step(*s, sig2, centring=centring)
         done = (np.abs(step_x) < tol) & (np.abs(step_y) < tol)
         cx[active] += np.where(done, 0.0, step_x)
         cy[active] += np.where(done, 0.0, step_y)
@@ -208,6 +238,7 @@ def weighted_moments(
     tol: float = 1e-9,
     max_shift: float = 4.0,
     recentre: bool = True,
+    centring: str = "newton",
 ) -> dict[str, np.ndarray]:
     """Round-Gaussian-weighted moments ("wmom") with the weight centred on the object.
 
@@ -215,6 +246,8 @@ def weighted_moments(
     pixels. With ``recentre`` (default) the centre ``c`` is iterated until the weighted
     first moment vanishes (:func:`newton_recentre_step`), until every component moves
     less than ``tol`` pixels; otherwise the weight stays on pixel (n//2, n//2).
+    ``centring``: ``"newton"`` or ``"regularised"``, the step for objects as large as the
+    weight (:func:`newton_recentre_step`).
 
     Returns dict of (B,) arrays: ``x, y`` (weight centre, pixels), ``Ixx, Iyy, Ixy``
     (``Σ w I dx²/F`` … about the centre, pixels²), ``T``, ``e1``, ``e2``, ``sigma``
@@ -237,6 +270,7 @@ def weighted_moments(
         tol=tol,
         max_shift=max_shift,
         recentre=recentre,
+        centring=centring,
     )
 
 

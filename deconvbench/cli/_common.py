@@ -123,15 +123,22 @@ def executor_spec(executor: str, workers: int, scheduler: str | None, scheduler_
     return spec.validate()
 
 
-def metacal_config(estimator: str, fixnoise: bool, device: str | None):
+#: the ``--centring`` option of the metacal commands
+CENTRING_HELP = (
+    "wmom centring step for galaxies as large as the weight: newton (plain step where Newton's is ill-conditioned; "
+    "some such galaxies do not converge and their group is dropped) or regularised (converges for all of them)"
+)
+
+
+def metacal_config(estimator: str, fixnoise: bool, device: str | None, centring: str = "newton"):
     """The :class:`~deconvbench.metacal.measure.MetacalConfig` of the command's options; a bad
     value, or a ``--device`` whose JAX backend is missing, is a one-line error before any work."""
     from ..metacal.measure import MetacalConfig, jax_route
 
     try:
-        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device)
+        config = MetacalConfig(estimator=estimator, fixnoise=fixnoise, device=device, centring=centring)
     except (KeyError, ValueError) as exc:
-        raise UsageError(str(exc).strip("'\"")) from None
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
     if device is not None:
         jax_route(device)
     return config

@@ -9,6 +9,7 @@ import typer
 from . import app
 from ._common import (
     BLAS_THREADS_OPTION,
+    CENTRING_HELP,
     EXECUTOR_OPTION,
     SCHEDULER_FILE_OPTION,
     SCHEDULER_OPTION,
@@ -30,6 +31,7 @@ def bias_command(
     out: Path | None = typer.Option(None, "--out", help="result JSON (default out/bias_METHOD_CARD_SPLIT_nN.json)"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="add ngmix's fixnoise term"),
     estimator: str = typer.Option("wmom", "--estimator", help="wmom or admom"),
+    centring: str = typer.Option("newton", "--centring", help=CENTRING_HELP),
     chunk_groups: int = typer.Option(64, "--chunk-groups", help="groups of 4 stamps per chunk (memory ~ chunk)"),
     n_boot: int = typer.Option(200, "--n-boot", help="Poisson bootstrap replicates"),
     device: str | None = typer.Option(
@@ -52,11 +54,12 @@ def bias_command(
     from ..tables import bias_table
 
     spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
-    config = metacal_config(estimator, fixnoise, device)
+    config = metacal_config(estimator, fixnoise, device, centring)
     method_options = parse_options(option, [method]).get(method, {})
     card_obj = load_card(card)
     card_obj.split(split)
     suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")
+    suffix += "" if centring == "newton" else f"_{centring}"
     out = out or Path("out") / f"bias_{method}{suffix}_{card_obj.name}_{split}_n{n}.json"
     deconvolver = load_method(method, **method_options)
     with progress_task(f"bias {method} {card_obj.name}/{split}", n) as advance:

@@ -9,6 +9,7 @@ import typer
 from . import app
 from ._common import (
     BLAS_THREADS_OPTION,
+    CENTRING_HELP,
     SCHEDULER_FILE_OPTION,
     SCHEDULER_OPTION,
     command_line,
@@ -54,6 +55,7 @@ def run(
     ),
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),
+    centring: str = typer.Option("newton", "--centring", help="metacal: " + CENTRING_HELP),
     workers: int = typer.Option(
         2,
         "--workers",
@@ -90,9 +92,9 @@ def run(
     model_error = parse_psf_error(psf_error) if psf_error is not None else None
     mcal_config = None
     if metacal:
-        mcal_config = metacal_config(estimator, fixnoise, device)
-    elif fixnoise or estimator != "wmom" or device is not None:
-        raise UsageError("--estimator, --fixnoise and --device apply to --metacal runs only")
+        mcal_config = metacal_config(estimator, fixnoise, device, centring)
+    elif fixnoise or estimator != "wmom" or device is not None or centring != "newton":
+        raise UsageError("--estimator, --fixnoise, --centring and --device apply to --metacal runs only")
     if n is not None and n < 1:
         raise UsageError(f"--n must be >= 1, got {n}")
     if batch_size < 1:

@@ -44,7 +44,9 @@ def _to_estimate(res: dict, pixel_scale: float, flux) -> dict:
     }
 
 
-def wmom(images, pixel_scale: float, weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC) -> dict:
+def wmom(
+    images, pixel_scale: float, weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC, centring: str = "newton"
+) -> dict:
     """Gaussian-weighted second moments with a fixed round weight (ngmix "wmom"), the
     weight centred on the object.
 
@@ -55,9 +57,11 @@ def wmom(images, pixel_scale: float, weight_fwhm_arcsec: float = WMOM_WEIGHT_FWH
     ``Ixx = Σ w I dx²/F``, ``Iyy``, ``Ixy`` likewise (d = x − c, arcsec),
     ``T = Ixx + Iyy`` (arcsec²), ``e1 = (Ixx − Iyy)/T``, ``e2 = 2 Ixy/T``, ``flux = F``
     (image units), ``x, y`` the centre (pixels). ``flags`` are those of
-    :mod:`deconvbench.moments`; e1, e2, T are NaN where they are non-zero. Batched."""
+    :mod:`deconvbench.moments`; e1, e2, T are NaN where they are non-zero. ``centring``:
+    the centring step for galaxies as large as the weight
+    (:func:`deconvbench.moments.newton_recentre_step`). Batched."""
     sigma_pixels = weight_fwhm_arcsec / FWHM_PER_SIGMA / pixel_scale
-    res = weighted_moments(images, sigma_pixels)
+    res = weighted_moments(images, sigma_pixels, centring=centring)
     return _to_estimate(res, pixel_scale, res["flux"])
 
 

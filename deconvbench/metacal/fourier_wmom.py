@@ -248,6 +248,7 @@ def metacal_wmom(
     tol: float = 1e-9,
     max_shift: float = 4.0,
     noise_spectrum=None,
+    centring: str = "newton",
 ) -> dict[str, dict[str, np.ndarray]]:
     """wmom of the metacal images of every type, from the galaxy spectra (numpy).
 
@@ -262,7 +263,8 @@ def metacal_wmom(
     ``np.rot90(·, −1)``, are added to those of ``spectrum``: by linearity the sums of the
     sum are the data's sums plus the noise images' sums about the rotated centre, rotated
     (:func:`rotated_quarter_turn_centres`, :func:`rotated_quarter_turn_sums`); equal to
-    wmom on the image route's fixnoise images (tested)."""
+    wmom on the image route's fixnoise images (tested). ``centring``: the centring step
+    for galaxies as large as the weight (:func:`deconvbench.moments.newton_recentre_step`)."""
     spectrum = np.asarray(spectrum)
     b, size = spectrum.shape[0], spectrum.shape[-2]
     if spectrum.shape[-1] != size // 2 + 1:
@@ -351,6 +353,7 @@ def metacal_wmom(
             tol=tol,
             max_shift=max_shift,
             start=start,
+            centring=centring,
         )
         for j, i in enumerate(wave):
             res = {key: value[j * b : (j + 1) * b] for key, value in both.items()}

@@ -79,12 +79,14 @@ def _iterate(
     noise=None,
     n=None,
     band=None,
+    centring="newton",
 ):
     """The wmom centring of :func:`deconvbench.moments.recentred_round_weight` with fixed
     shapes: ``bases`` (A, N, Nh), ``mats`` (A, 2, 2), ``start`` (A, 2) centres (pixels from
     the stamp centre); ``noise``: the fixnoise bases (A, N, Nh) of stamps of size ``n``,
     whose sums are added rotated (as in :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`);
-    ``band``: the rows and columns the bases hold (:func:`~deconvbench.metacal.fourier_wmom.kernel_band`).
+    ``band``: the rows and columns the bases hold (:func:`~deconvbench.metacal.fourier_wmom.kernel_band`);
+    ``centring``: the step where the Jacobian is ill-conditioned (:func:`newton_recentre_step`).
     Returns (centres (A, 2), sums (6, A), flags (A,), active (A,))."""
     a = bases.shape[0]
     sig2 = sigma_w * sigma_w
@@ -113,7 +115,7 @@ def _iterate(
         s = sums_at(centres)
         new_sums = jnp.where(active[None, :], jnp.stack(s), sums)
         bad_flux = ~(s[0] > 0)
-        step_x, step_y = newton_recentre_step(*s, sig2, xp=jnp)
+        step_x, step_y = newton_recentre_step(*s, sig2, xp=jnp, centring=centring)
         done = (jnp.abs(step_x) < tol) & (jnp.abs(step_y) < tol)
         move = active & ~done
         centres = centres + jnp.where(move[:, None], jnp.stack([step_x, step_y], axis=-1), 0.0)
@@ -128,7 +130,10 @@ def _iterate(
     return centres, sums, flags, active
 
 
-@partial(jax.jit, static_argnames=("size", "n", "types", "step", "sigma_w", "max_iter", "tol", "max_shift", "band"))
+@partial(
+    jax.jit,
+    static_argnames=("size", "n", "types", "step", "sigma_w", "max_iter", "tol", "max_shift", "band", "centring"),
+)
 def _measure(
     deconvolved,
     target_ratio,
@@ -144,6 +149,7 @@ def _measure(
     tol: float,
     max_shift: float,
     band: tuple,
+    centring: str,
 ):
     o = size // 2 - n // 2
     rows, cols = (np.asarray(index) for index in band)
@@ -174,6 +180,7 @@ def _measure(
         None if noise is None else noise[first],
         n,
         (rows, cols),
+        centring,
     )
     out[first] = (c0, s0, f0, a0)
     # the seeding of the numpy route: sheared images start from S·c₀, and the second image
@@ -208,6 +215,7 @@ def _measure(
             None if noise is None else noise[idx].reshape((len(wave) * b,) + bases.shape[2:]),
             n,
             (rows, cols),
+            centring,
         )
         for k, i in enumerate(wave):
             sl = slice(k * b, (k + 1) * b)
@@ -234,6 +242,7 @@ class JaxMetacal:
         types=METACAL_TYPES,
         weight_fwhm_arcsec: float = WMOM_WEIGHT_FWHM_ARCSEC,
         noise_deconvolved=None,
+        centring: str = "newton",
     ) -> dict[str, dict[str, np.ndarray]]:
         """Same arguments and result as :func:`deconvbench.metacal.fourier_wmom.metacal_wmom`
         applied to :func:`~deconvbench.metacal.fourier_wmom.galaxy_spectrum` (numpy in/out);
@@ -270,6 +279,7 @@ class JaxMetacal:
                 tol=self.tol,
                 max_shift=self.max_shift,
                 band=band,
+                centring=centring,
             )
             parts = jax.device_get(parts)
         centre = float(n // 2)

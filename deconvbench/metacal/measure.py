@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
 from ..errors import DeconvbenchError
 from ..fourier import fft_threads
 from ..metrics.aggregate import snr_labels
+from ..moments import CENTRING_STEPS
 from .bias import estimate_bias
 from .estimators import get_estimator, response
 from .fourier_wmom import galaxy_spectrum, metacal_wmom
@@ -78,6 +79,16 @@ class MetacalConfig:
     metacal cards) e differs from the image route by ≤ 1.4e-9 (fft at SNR 50) and ≤ 5e-12
     (noiseless truth): the kernel's periodic copies stay ≥ 20 pixels from the weight."""
 
+    centring: str = "newton"
+    """wmom's centring step for galaxies as large as the weight or larger, where Newton's
+    Jacobian ``J = 1 − M/σ_w²`` has ``det J ≤ 0.05``
+    (:func:`deconvbench.moments.newton_recentre_step`): ``"newton"`` takes the plain
+    weighted-mean step there, which converges linearly and for some of them not within
+    the 30 iterations (their group is then dropped as flagged: 0.4 % of the groups of
+    metacal-offsets noiseless, 1.2 % at SNR 50); ``"regularised"`` takes ``(J + μ)⁻¹ m₁``
+    with λ_min(J + μ) ≥ 0.1 and converges for all of them. Every other stamp's result is the
+    same to the bit. Measured on the first 1024 stamps of metacal-offsets/snr50 (fft): 60 of
+    5120 measurements flagged → 0, and the five Fourier-space measurements 28 % faster."""
     device: str | None = None
     """``None``: the numpy routes. ``"cpu"`` / ``"gpu"``: the Fourier route in JAX on that
     device (:mod:`deconvbench.metacal.jax_wmom`, equal to numpy to ~1e-12); needs the
@@ -87,6 +98,10 @@ class MetacalConfig:
         get_estimator(self.estimator)  # KeyError with the known names
         if self.device not in (None, "cpu", "gpu"):
             raise ValueError(f"metacal device must be 'cpu' or 'gpu', got {self.device!r}")
+        if self.centring not in CENTRING_STEPS:
+            raise ValueError(f"metacal centring must be one of {', '.join(CENTRING_STEPS)}, got {self.centring!r}")
+        if self.centring != "newton" and self.estimator != "wmom":
+            raise ValueError(f"centring {self.centring!r} applies to the wmom estimator only, not {self.estimator}")
         if self.route not in ("fourier", "image"):
             raise ValueError(f"metacal route must be 'fourier' or 'image', got {self.route!r}")
         if not self.fourier_pad_factor >= 1.0:
@@ -222,6 +237,7 @@ def measure_deconvolved(
             step=config.step,
             pad_factor=config.fourier_pad_factor,
             noise_deconvolved=noise_deconvolved,
+            centring=config.centring,
         )
         return combine_measurements(results, config.step)
     if fourier:
@@ -231,7 +247,13 @@ def measure_deconvolved(
         if noise_deconvolved is not None:
             noise = galaxy_spectrum(np.asarray(noise_deconvolved), pixel_scale, target_fwhm_arcsec, pad, workers)
         results = metacal_wmom(
-            spectrum, deconvolved.shape[-1], pixel_scale, reconv, step=config.step, noise_spectrum=noise
+            spectrum,
+            deconvolved.shape[-1],
+            pixel_scale,
+            reconv,
+            step=config.step,
+            noise_spectrum=noise,
+            centring=config.centring,
         )
         return combine_measurements(results, config.step)
     images = metacal_images(
@@ -270,6 +292,8 @@ def measure_images(images: dict, pixel_scale: float, config: MetacalConfig) -> d
     """The estimator on the five metacal images: per-stamp noshear ``e1, e2``, the
     response ``R11 … R22`` and ``flags`` (e and R NaN where any measurement failed)."""
     estimator = get_estimator(config.estimator)
+    if config.centring != "newton":  # wmom only (checked by MetacalConfig)
+        estimator = partial(estimator, centring=config.centring)
     return combine_measurements({mtype: estimator(images[mtype], pixel_scale) for mtype in METACAL_TYPES}, config.step)
 
 
