@@ -30,6 +30,10 @@ class MetacalBatched:
     def time_metacal_fft_256_image_route(self, path):
         measure_batch(self.fft, self.batch, self.fft.deconvolve(self.batch), replace(self.config, route="image"))
 
+    def time_metacal_fft_256_regularised_centring(self, path):
+        regularised = replace(self.config, centring="regularised")
+        measure_batch(self.fft, self.batch, self.fft.deconvolve(self.batch), regularised)
+
     def peakmem_metacal_fft_256(self, path):
         measure_batch(self.fft, self.batch, self.fft.deconvolve(self.batch), self.config)
 
