@@ -101,14 +101,6 @@ class Kernel:
             kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size
         )
         self.wrap = self._stamps(self.half[None])[0] - unwrapped
-        # The PSF stamp itself is GalSim's drawImage of the PSF (⊗ pixel).
-        self.image = draw_reference(
-            profile,
-            grid.stamp_size,
-            grid.pixel_scale,
-            "auto" if with_pixel else "no_pixel",
-            reference_gsparams(grid.pad_size),
-        )
 
     @staticmethod
     def _masked(half: np.ndarray, dk: float, maxk: float) -> np.ndarray:
@@ -180,13 +172,17 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     sizes = pad_sizes(rows, grid)
     fwhm = card.stamp.target_psf_fwhm_arcsec
     out = {"noiseless": np.empty((len(rows), n, n)), "truth": np.empty((len(rows), n, n))}
-    psf_image = None
-    for pad in sorted(set(sizes.tolist())):  # the card's grid, and larger ones for large galaxies
+    pads = sorted(set(sizes.tolist()))  # the card's grid, and larger ones for large galaxies
+    # The PSF stamp is GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set by the
+    # group's smallest padded grid; drawn once per group.
+    psf_image = draw_reference(
+        psf_profile, n, grid.pixel_scale, "auto" if with_pixel else "no_pixel", reference_gsparams(pads[0])
+    )
+    psf_image = psf_image / psf_image.sum()
+    for pad in pads:
         sub_grid = kspace.KGrid(n, grid.pixel_scale, pad)
         psf = Kernel(psf_profile, sub_grid, with_pixel)
         target = _target_kernel(fwhm, n, grid.pixel_scale, pad)
-        if psf_image is None:
-            psf_image = psf.image / psf.image.sum()
         size = max(psf.support, target.support)
         index = np.flatnonzero(sizes == pad)
         for start in range(0, len(index), BATCH):
