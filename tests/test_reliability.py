@@ -297,3 +297,25 @@ def test_result_names_depend_on_every_choice_that_changes_the_numbers(smoke_test
     assert [p.result.name for p in plans] == ["fft_smoke-v2_test_threshold=0.01.json", "wiener_smoke-v2_test.json"]
     with pytest.raises(UsageError, match="same output file"):
         plan_outputs([smoke_test_file, smoke_test_file], ["fft"], {}, tmp_path, None)
+
+
+@pytest.mark.parametrize(
+    "argv, how",
+    [
+        (["bias", "--method", "fft", "--split", "snr50", "--n", "8"], "the same `bias` command continues it"),
+        (["run", "--method", "fft", "--dataset", "smoke"], "`run --resume` continues it"),
+        (["--version"], "`run --resume`, `train --resume` and `bias` (run again) continue their runs"),
+    ],
+)
+def test_an_interrupt_says_how_that_command_continues(argv, how, monkeypatch, capsys):
+    import deconvbench.cli as cli
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "app", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: stopped before completion") and how in err and err.count("\n") == 1

@@ -55,18 +55,33 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _interrupted() -> None:
+#: how an interrupted command continues, by command name
+_CONTINUES = {
+    "run": "`run --resume` continues it",
+    "train": "`train --resume` continues it",
+    "bias": "the same `bias` command continues it from its checkpoint",
+}
+
+
+def _interrupted(command: str | None = None) -> None:
+    how = _CONTINUES.get(command or "", "`run --resume`, `train --resume` and `bias` (run again) continue their runs")
     err_console.print(
-        "interrupted: stopped before completion (nothing written under the final name; `run --resume` continues a run)",
+        f"interrupted: stopped before completion (nothing written under the final name; {how})",
         highlight=False,
         soft_wrap=True,
     )
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The subcommand of a command line (its first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; never returns (exits with the command's status)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    command = _command_name(sys.argv[1:] if argv is None else argv)
     try:
         status = app(args=argv, standalone_mode=False)  # typer turns Ctrl-C into the return value 130
     except WorkerLostError as exc:  # not the user's fault: a worker kept dying (memory, node loss)
@@ -76,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except (KeyboardInterrupt, typer.Abort):
-        _interrupted()
+        _interrupted(command)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
@@ -85,5 +100,5 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         raise  # anything else is a bug: traceback
     if status == EXIT_INTERRUPTED:
-        _interrupted()
+        _interrupted(command)
     sys.exit(status if isinstance(status, int) else 0)
