@@ -169,8 +169,8 @@ def result_stem(
     psf_error: PSFError | None = None,
 ) -> str:
     """File name stem of a run: method, card/split, then every choice that changes the
-    numbers (prefix of n stamps, method options, metacal estimator and fixnoise, PSF-model
-    error), so different runs never overwrite each other."""
+    numbers (prefix of n stamps, method options, metacal estimator, fixnoise and centring,
+    PSF-model error), so different runs never overwrite each other."""
     stem = f"{method}_{tag}"
     if n != full_n:
         stem += f"_n{n}"
@@ -180,6 +180,8 @@ def result_stem(
             stem += f"_{metacal.estimator}"
         if metacal.fixnoise:
             stem += "_fixnoise"
+        if metacal.centring != "newton":
+            stem += f"_{metacal.centring}"
     if psf_error is not None:
         stem += f"_{psf_error.tag()}"
     return stem

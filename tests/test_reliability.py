@@ -290,8 +290,9 @@ def test_result_names_depend_on_every_choice_that_changes_the_numbers(smoke_test
         result_stem("fft", "smoke-v2_test", 64, 64, {"threshold": 0.02}),
         result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(estimator="admom")),
         result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(fixnoise=True)),
+        result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(centring="regularised")),
     }
-    assert len(names) == 6 and base == "fft_smoke-v2_test"
+    assert len(names) == 7 and base == "fft_smoke-v2_test"
     assert result_stem("fft", "t", 64, 64, {"threshold": 0.01}) == "fft_t_threshold=0.01"
     plans = plan_outputs([smoke_test_file], ["fft", "wiener"], {"fft": {"threshold": 0.01}}, tmp_path, None)
     assert [p.result.name for p in plans] == ["fft_smoke-v2_test_threshold=0.01.json", "wiener_smoke-v2_test.json"]
