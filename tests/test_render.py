@@ -194,3 +194,28 @@ def test_checksum_is_the_same_for_one_and_two_workers(data_root):
     one = generate(card, "snr50", data_root / "w1.h5", workers=1)
     two = generate(card, "snr50", data_root / "w2.h5", workers=2)
     assert one.checksum == two.checksum
+
+
+def test_psf_stamp_is_drawn_once_per_group_whatever_the_padded_grids(monkeypatch):
+    """A group whose galaxies need two padded grids (a large galaxy doubles its grid) draws
+    its `psf` stamp once, by GalSim's drawImage on the group's smallest grid (its FFT grid
+    4× that), and every stamp of the group carries it."""
+    from deconvbench.cards import load_card
+    from deconvbench.sim import render
+
+    card = load_card("smoke")
+    rows = draw_galaxies(card, "test", 0, 8)
+    rows = rows[rows["psf_index"] == rows["psf_index"][0]]
+    grid = render.kgrid(card)
+    assert sorted(set(render.pad_sizes(rows, grid).tolist())) == [grid.pad_size, 2 * grid.pad_size]
+    calls = []
+    original = render.draw_reference
+
+    def counted(*args, **kwargs):
+        calls.append(args[-1].minimum_fft_size)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(render, "draw_reference", counted)
+    images = render.render_noiseless(card, rows, grid)
+    assert calls == [4 * grid.pad_size]
+    assert np.all(images["psf"] == images["psf"][0]) and images["psf"][0].sum() == pytest.approx(1.0, abs=1e-12)
