@@ -84,11 +84,11 @@ class MetacalConfig:
     Jacobian ``J = 1 − M/σ_w²`` has ``det J ≤ 0.05``
     (:func:`deconvbench.moments.newton_recentre_step`): ``"newton"`` takes the plain
     weighted-mean step there, which converges linearly and for some of them not within
-    the 30 iterations (their group is then dropped as flagged: 0.4 % of the groups of
-    metacal-offsets noiseless, 1.2 % at SNR 50); ``"regularised"`` takes ``(J + μ)⁻¹ m₁``
+    the 30 iterations (their group is then dropped as flagged); ``"regularised"`` takes ``(J + μ)⁻¹ m₁``
     with λ_min(J + μ) ≥ 0.1 and converges for all of them. Every other stamp's result is the
-    same to the bit. Measured on the first 1024 stamps of metacal-offsets/snr50 (fft): 60 of
-    5120 measurements flagged → 0, and the five Fourier-space measurements 28 % faster."""
+    same to the bit. Measured with ``deconvbench bias --method fft --split snr50 --n 8192
+    [--centring regularised]``: 4080 → 4096 pairs kept; its time is in the README's
+    throughput table (``python -m benchmarks.metacal_throughput``)."""
     device: str | None = None
     """``None``: the numpy routes. ``"cpu"`` / ``"gpu"``: the Fourier route in JAX on that
     device (:mod:`deconvbench.metacal.jax_wmom`, equal to numpy to ~1e-12); needs the
