@@ -20,6 +20,12 @@ dataset's little-endian bytes in index order (independent of chunking and compre
 
 Files are written to ``NAME.partial`` and renamed into place only when complete, so an
 interrupted run never leaves a file under the final name.
+
+Compression: every dataset uses HDF5's standard ``shuffle`` + ``gzip`` (deflate) filters,
+so any HDF5 reader opens the files. Image chunks (``IMAGE_CHUNK_STAMPS`` stamps) are
+shuffled and deflated here, by ISA-L (``isal``; about 7× faster than zlib at a ~10 %
+larger file), and stored with HDF5's direct chunk write; the writer buffers stamps until
+a chunk is whole, so each chunk is compressed exactly once.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from isal import isal_zlib
 
 from .errors import DataError
 
@@ -40,6 +47,21 @@ FORMAT_VERSION = 1
 IMAGE_KEYS = ("observed", "noiseless", "truth", "psf")
 VECTOR_KEYS = ("noise_sigma", "snr", "params")
 CONTENT_KEYS = IMAGE_KEYS + VECTOR_KEYS
+IMAGE_CHUNK_STAMPS = 64  # stamps per HDF5 chunk of an image dataset
+VECTOR_CHUNK = 1024  # rows per HDF5 chunk of a vector dataset
+DEFLATE_LEVEL = 2  # ISA-L level (0–3) of image chunks
+GZIP_FILTER_LEVEL = 4  # the gzip level HDF5 itself uses (vector datasets)
+
+
+def shuffle_bytes(array: np.ndarray) -> bytes:
+    """HDF5's shuffle filter: byte k of every element, for k = 0 … itemsize−1, in turn."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return flat.reshape(-1, array.dtype.itemsize).T.tobytes()
+
+
+def deflate_chunk(chunk: np.ndarray) -> bytes:
+    """One chunk as HDF5 stores it under the shuffle + gzip filters (zlib stream)."""
+    return isal_zlib.compress(shuffle_bytes(chunk), DEFLATE_LEVEL)
 
 
 class ContentHasher:
@@ -75,36 +97,66 @@ class DatasetWriter:
         self.n = n
         self.hasher = ContentHasher()
         self.written = 0
-        chunk = (min(64, n), stamp_size, stamp_size)
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # the stamps of the current chunk of each dataset
         for key in IMAGE_KEYS:
-            self._file.create_dataset(
+            shape = (min(IMAGE_CHUNK_STAMPS, n), stamp_size, stamp_size)
+            self._datasets[key] = self._file.create_dataset(
                 key,
                 shape=(n, stamp_size, stamp_size),
                 dtype="<f4",
-                chunks=chunk,
+                chunks=shape,
                 compression="gzip",
-                compression_opts=4,
+                compression_opts=GZIP_FILTER_LEVEL,
                 shuffle=True,
             )
+            self._buffers[key] = np.zeros(shape, dtype="<f4")
         for key, dtype in (("noise_sigma", "<f8"), ("snr", "<f8"), ("params", params_dtype)):
-            self._file.create_dataset(key, shape=(n,), dtype=dtype, chunks=(min(1024, n),), compression="gzip")
+            self._datasets[key] = self._file.create_dataset(
+                key, shape=(n,), dtype=dtype, chunks=(min(VECTOR_CHUNK, n),), compression="gzip"
+            )
+            # vectors are flushed with the images, in whole vector chunks where possible
+            self._buffers[key] = np.zeros(min(VECTOR_CHUNK, n), dtype=dtype)
         for key, value in attrs.items():
             self._file.attrs[key] = value
         self._file.attrs["format_version"] = FORMAT_VERSION
 
     def write(self, arrays: dict[str, np.ndarray]) -> None:
-        """Append the next chunk (arrays for stamps written..written+len)."""
+        """Append the next stamps (arrays for stamps written..written+len), any count."""
         count = len(arrays["params"])
-        sl = slice(self.written, self.written + count)
+        if self.written + count > self.n:
+            raise DataError(f"internal error: {self.written + count} stamps written to a file of {self.n}")
         for key in CONTENT_KEYS:
-            data = arrays[key]
-            self._file[key][sl] = data
-            self.hasher.update(key, np.asarray(data, dtype=self._file[key].dtype))
+            data = np.asarray(arrays[key], dtype=self._datasets[key].dtype)
+            self.hasher.update(key, data)
+            buffer = self._buffers[key]
+            done = 0
+            while done < count:  # fill the buffer; a full buffer goes to the file
+                at = (self.written + done) % len(buffer)  # buffers start on chunk boundaries
+                take = min(len(buffer) - at, count - done)
+                buffer[at : at + take] = data[done : done + take]
+                done += take
+                if at + take == len(buffer):
+                    self._flush(key, self.written + done - len(buffer), len(buffer))
         self.written += count
+
+    def _flush(self, key: str, start: int, count: int) -> None:
+        """Write ``buffer[:count]`` at stamp ``start`` (a chunk boundary)."""
+        dataset, buffer = self._datasets[key], self._buffers[key]
+        if key in IMAGE_KEYS:
+            if count < len(buffer):
+                buffer[count:] = 0.0  # an edge chunk is stored whole; HDF5 ignores the rest
+            dataset.id.write_direct_chunk((start, 0, 0), deflate_chunk(buffer))
+        else:
+            dataset[start : start + count] = buffer[:count]
 
     def close(self) -> str:
         if self.written != self.n:
             raise DataError(f"internal error: wrote {self.written} of {self.n} stamps")
+        for key, buffer in self._buffers.items():
+            left = self.written % len(buffer)
+            if left:
+                self._flush(key, self.written - left, left)
         checksum = self.hasher.hexdigest()
         self._file.attrs["checksum"] = checksum
         self._file.close()

@@ -14,7 +14,7 @@ from deconvbench.cards import load_card
 from deconvbench.errors import CardError, DataError
 from deconvbench.sim import generate as generate_module
 from deconvbench.sim.generate import generate
-from deconvbench.store import CONTENT_KEYS, open_dataset, verify
+from deconvbench.store import CONTENT_KEYS, IMAGE_CHUNK_STAMPS, DatasetWriter, open_dataset, shuffle_bytes, verify
 
 from .conftest import make_card
 
@@ -31,6 +31,63 @@ def test_one_and_two_workers_give_identical_files(tmp_path):
     with open_dataset(tmp_path / "w1.h5") as a, open_dataset(tmp_path / "w2.h5") as b:
         for key in CONTENT_KEYS:
             np.testing.assert_array_equal(a.read(key), b.read(key))
+
+
+@pytest.mark.parametrize("pieces", [[5, 64, 1, 100, 33], [203], [64, 64, 64, 11]])
+def test_writer_round_trips_any_write_sizes_through_standard_filters(tmp_path, pieces):
+    """Stamps arrive in pieces of any size; chunks are compressed once, by the writer, and
+    the file reads back exactly with plain HDF5 (shuffle + gzip), edge chunk included."""
+    n, size = sum(pieces), 9
+    rng = np.random.default_rng(7)
+    images = {key: rng.normal(size=(n, size, size)).astype("<f4") for key in ("observed", "noiseless", "truth", "psf")}
+    params = np.zeros(n, dtype=[("index", "<i8"), ("value", "<f8")])
+    params["index"], params["value"] = np.arange(n), rng.normal(size=n)
+    path = tmp_path / "pieces.h5"
+    with DatasetWriter(path, n, size, params.dtype, {"card_name": "t"}) as writer:
+        start = 0
+        for count in pieces:
+            piece = slice(start, start + count)
+            writer.write(
+                {
+                    **{k: v[piece] for k, v in images.items()},
+                    "params": params[piece],
+                    "noise_sigma": params["value"][piece],
+                    "snr": np.full(count, 3.0),
+                }
+            )
+            start += count
+        checksum = writer.close()
+    assert verify(path) == checksum
+    with h5py.File(path, "r") as handle:
+        for key, value in images.items():
+            assert handle[key].compression == "gzip" and handle[key].shuffle
+            assert handle[key].chunks == (IMAGE_CHUNK_STAMPS, size, size)
+            np.testing.assert_array_equal(handle[key][:], value)
+        np.testing.assert_array_equal(handle["params"][:], params)
+        np.testing.assert_array_equal(handle["noise_sigma"][:], params["value"])
+
+
+def test_shuffle_bytes_is_hdf5_shuffle():
+    values = np.array([1.0, 2.0], dtype="<f4")
+    raw = values.tobytes()
+    assert shuffle_bytes(values) == bytes([raw[0], raw[4], raw[1], raw[5], raw[2], raw[6], raw[3], raw[7]])
+
+
+def test_writer_refuses_more_stamps_than_the_file_holds(tmp_path):
+    dtype = np.dtype([("index", "<i8")])
+    with (
+        pytest.raises(DataError, match="3 stamps written to a file of 2"),
+        DatasetWriter(tmp_path / "over.h5", 2, 3, dtype, {}) as writer,
+    ):
+        writer.write(
+            {
+                **{k: np.zeros((3, 3, 3)) for k in ("observed", "noiseless", "truth", "psf")},
+                "params": np.zeros(3, dtype),
+                "noise_sigma": np.zeros(3),
+                "snr": np.zeros(3),
+            }
+        )
+    assert not (tmp_path / "over.h5").exists() and not (tmp_path / "over.h5.partial").exists()
 
 
 def test_prefix_equals_start_of_split_and_seed_matters(tmp_path, smoke_test_file):
