@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, check_writable, write_json_atomic
+from .atomic import atomic_write, check_writable, json_safe, write_json_atomic
 from .cards import DatasetCard
 from .errors import DeconvbenchError, MethodError
 from .execution import ExecutorSpec, make_executor
@@ -544,6 +544,6 @@ def run_bias(
         "metacal": block,
     }
     _save_checkpoint(state_path(out), acc, meta)
-    write_json_atomic(out, result)
+    write_json_atomic(out, json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result

@@ -38,12 +38,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
-from .atomic import atomic_write, check_writable, write_json_atomic
+from .atomic import atomic_write, check_writable, json_safe, write_json_atomic
 from .errors import DataError, OutputError, UsageError
 from .execution import ExecutorSpec, make_executor
 from .execution.method_cache import MethodRef, worker_method
@@ -120,21 +119,6 @@ class RunState:
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.npz")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    return value
 
 
 @dataclass(frozen=True)
@@ -328,7 +312,7 @@ def run_method(
             identity["psf_error"] = psf_error.to_dict()
         models = ModelPSFs(_card(dataset), params, psf_error) if psf_error is not None else None
         evaluation = _evaluation(method, dataset)
-        identity = json.loads(json.dumps(_json_safe(identity)))
+        identity = json.loads(json.dumps(json_safe(identity)))
         state = None
         if resume and ckpt.exists():
             state = RunState.load(ckpt)
@@ -406,7 +390,7 @@ def run_method(
     result["throughput"].update(_wall_throughput(state, where))
     # the largest peak RSS of a process that ran batches (this one in process), this invocation
     result["worker_peak_memory_mb"] = worker_peak_mb or None
-    write_json_atomic(out, _json_safe(result))
+    write_json_atomic(out, json_safe(result))
     ckpt.unlink(missing_ok=True)
     return result
 
