@@ -60,6 +60,7 @@ from .metacal.measure import (
     C_REQUIREMENT,
     M_REQUIREMENT,
     MetacalConfig,
+    flag_counts,
     measure_batch,
     measure_deconvolved,
     requirement_verdict,
@@ -309,6 +310,7 @@ class ChunkSums:
     nonfinite: int
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    flag_counts: dict[str, int] = field(default_factory=dict)  # stamps per failure reason (method)
 
 
 def bias_chunk(task: BiasTask) -> ChunkSums:
@@ -347,7 +349,8 @@ def bias_chunk(task: BiasTask) -> ChunkSums:
             acc.add(channel, label, sums[mask], keep[mask], weights[:, mask], int(invalid[mask].sum()))
     seconds = {"render": t_render, "deconv": t_deconv, "metacal": t_metacal, "task": time.perf_counter() - t0}
     g_true = float(np.max(np.abs(params["shear_g1"])))
-    return ChunkSums(acc, _group_digests(arrays), g_true, nonfinite, seconds, process_peak_rss_mb())
+    counts = flag_counts(channels["method"]["flags"])
+    return ChunkSums(acc, _group_digests(arrays), g_true, nonfinite, seconds, process_peak_rss_mb(), counts)
 
 
 def run_bias(
@@ -454,6 +457,9 @@ def run_bias(
             meta["deconv_seconds"] += chunk.seconds["deconv"]
             meta["metacal_seconds"] += chunk.seconds["metacal"]
             meta["worker_peak_mb"] = max(meta.get("worker_peak_mb", 0.0), chunk.peak_rss_mb)
+            totals = meta.setdefault("flag_counts", {})
+            for name, value in chunk.flag_counts.items():
+                totals[name] = totals.get(name, 0) + value
             now = time.perf_counter()
             meta["seconds"] += now - since  # wall time of the stream, as seen by the client
             since = now
@@ -480,6 +486,7 @@ def run_bias(
         "m_floor_truth": floor["m"],
         "m_floor_truth_err": floor["m_err"],
         "overall": overall,
+        "flag_counts": dict(meta.get("flag_counts", {})),
         "by_snr": {label: acc.stats("method", label, g_true, psf_g1) for label in labels},
         "truth_floor": {
             "overall": floor,

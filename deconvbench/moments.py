@@ -41,6 +41,7 @@ FLAG_NONPOSITIVE_SIZE = 4
 FLAG_NOT_CONVERGED = 8
 FLAG_CENTROID_SHIFT = 16
 FLAG_BAD_SHAPE = 32
+FLAG_PSF_FIT = 64  # set by the metacal step, not by the moments themselves
 
 FLAG_NAMES = {
     FLAG_NONFINITE: "non-finite pixels",
@@ -49,6 +50,7 @@ FLAG_NAMES = {
     FLAG_NOT_CONVERGED: "no convergence",
     FLAG_CENTROID_SHIFT: "centre moved too far",
     FLAG_BAD_SHAPE: "|e| >= 1",
+    FLAG_PSF_FIT: "PSF Gaussian fit failed (e.g. an undersampled PSF)",
 }
 
 

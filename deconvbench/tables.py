@@ -7,6 +7,7 @@ relative, size error relative, throughput in stamps/s).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,14 +19,27 @@ def _fmt(block: dict, metric: str, stat: str, spec: str = ".3e") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _num(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    return format(value, spec) if _finite(value) else "-"
 
 
 def _pm(value: Any, err: Any) -> str:
-    if value is None:
+    if not _finite(value):
         return "-"
-    return f"{value:+.2e} ± {err:.1e}" if err is not None else f"{value:+.2e}"
+    return f"{value:+.2e} ± {err:.1e}" if _finite(err) else f"{value:+.2e}"
+
+
+def excluded_reasons(block: dict) -> str:
+    """One line naming why stamps were excluded from m (``flag_counts`` of a metacal block),
+    or "" where none was."""
+    counts = block.get("flag_counts") or {}
+    if not counts:
+        return ""
+    return "excluded stamps by reason: " + ", ".join(f"{name} {count}" for name, count in counts.items())
 
 
 def _snr_order(label: str) -> tuple:
@@ -143,6 +157,10 @@ def metacal_table(results: list[dict]) -> str:
             f"\nestimator {estimator}; requirement |m| < 1e-3, |c| < 1e-4; "
             f"estimator non-linearity floor m ≈ 0.9·g² = {floor:.1e} (not a metacal error)"
         )
+    for result in results:
+        reasons = excluded_reasons(result.get("metacal") or {})
+        if reasons:
+            text += f"\n{result['method']['name']} {result['dataset']['split']}: {reasons}"
     return text
 
 
@@ -212,14 +230,16 @@ def bias_table(result: dict) -> str:
         [
             label,
             s["n"],
-            f"{s['m']:+.3e} ± {s['m_err']:.1e}",
-            f"{s['c']:+.2e} ± {s['c_err']:.1e}",
-            f"{block['truth_floor']['by_snr'][label]['m']:+.3e}",
-            f"{s['R11']:.4f}",
+            f"{_num(s['m'], '+.3e')} ± {_num(s['m_err'], '.1e')}",
+            f"{_num(s['c'], '+.2e')} ± {_num(s['c_err'], '.1e')}",
+            _num(block["truth_floor"]["by_snr"][label]["m"], "+.3e"),
+            _num(s["R11"], ".4f"),
         ]
         for label, s in block["by_snr"].items()
     ]
-    return tabulate(rows, headers=["SNR", "N", "m ± σm", "c ± σc", "m floor (truth)", "<R11>"])
+    text = tabulate(rows, headers=["SNR", "N", "m ± σm", "c ± σc", "m floor (truth)", "<R11>"], disable_numparse=True)
+    reasons = excluded_reasons(block)
+    return text + ("\n" + reasons if reasons else "")
 
 
 def render_validation_table(rows) -> str:

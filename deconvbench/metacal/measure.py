@@ -38,7 +38,7 @@ import numpy as np
 from ..errors import DeconvbenchError
 from ..fourier import fft_threads
 from ..metrics.aggregate import snr_labels
-from ..moments import CENTRING_STEPS
+from ..moments import CENTRING_STEPS, FLAG_NAMES, FLAG_PSF_FIT
 from .bias import estimate_bias
 from .estimators import get_estimator, response
 from .fourier_wmom import galaxy_spectrum, metacal_wmom
@@ -174,15 +174,48 @@ def _rotated_back_metacal_images(deconvolved_noise, pixel_scale, target_fwhm_arc
     return {key: _rot90(value, -1) for key, value in images.items()}
 
 
+#: name of the flag value −1: the metacal step raised on the stamp's batch
+RAISED_FLAG_NAME = "metacal step raised"
+
+
+def flag_counts(flags) -> dict[str, int]:
+    """Stamps per failure reason: each flag bit that is set (:data:`deconvbench.moments.FLAG_NAMES`)
+    and −1 (:data:`RAISED_FLAG_NAME`); a stamp with several bits counts under each."""
+    flags = np.asarray(flags, dtype=np.int64)
+    counts = {RAISED_FLAG_NAME: int(np.sum(flags == -1))}
+    ok = flags > 0
+    for bit, name in FLAG_NAMES.items():
+        counts[name] = int(np.sum(ok & ((flags & bit) != 0)))
+    return {name: count for name, count in counts.items() if count}
+
+
+def _flag_psf_fit(values: dict[str, np.ndarray], reconv) -> dict[str, np.ndarray]:
+    """``values`` flagged :data:`FLAG_PSF_FIT` alone (e, R NaN) where Γ's FWHM is not finite:
+    every other flag of such a stamp only follows from the missing Γ."""
+    failed = ~np.isfinite(np.broadcast_to(np.asarray(reconv, dtype=np.float64), np.shape(values["flags"])))
+    if failed.any():
+        values = dict(values)
+        values["flags"] = np.where(failed, FLAG_PSF_FIT, np.asarray(values["flags"], dtype=np.int64))
+        for key in ("e1", "e2", "R11", "R12", "R21", "R22"):
+            values[key] = np.where(failed, np.nan, values[key])
+    return values
+
+
 def measure_batch(
     method, batch, estimate: np.ndarray | None, config: MetacalConfig, noise_seed: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
     """Metacal measurement of one batch: per-stamp ``e1, e2`` (noshear), ``R11 … R22``
     and ``flags`` (non-zero where any of the five measurements failed; then e and R are
-    NaN). ``estimate`` is the method's output on ``batch`` (ignored for methods that
-    provide ``metacal_images``)."""
+    NaN; :data:`FLAG_PSF_FIT` where the PSF's Gaussian fit, which sets Γ, failed).
+    ``estimate`` is the method's output on ``batch`` (ignored for methods that provide
+    ``metacal_images``)."""
     pixel = batch.pixel_scale_arcsec
     reconv = reconv_fwhm(batch.psf, pixel, config.step)
+    return _flag_psf_fit(_measure_batch(method, batch, estimate, config, noise_seed, reconv), reconv)
+
+
+def _measure_batch(method, batch, estimate, config: MetacalConfig, noise_seed, reconv) -> dict[str, np.ndarray]:
+    pixel = batch.pixel_scale_arcsec
     if config.fixnoise and noise_seed is None:
         raise ValueError("fixnoise needs the stamps' noise seeds")
     if uses_fourier_route(method, config):
@@ -226,6 +259,21 @@ def measure_deconvolved(
     by metacal images + estimator. ``noise_deconvolved``: the fixnoise fields from
     :func:`fixnoise_deconvolved` (their metacal images, rotated back, are added). Returns
     the dict of :func:`measure_images`."""
+    return _flag_psf_fit(
+        _measure_deconvolved(deconvolved, pixel_scale, target_fwhm_arcsec, reconv, config, workers, noise_deconvolved),
+        reconv,
+    )
+
+
+def _measure_deconvolved(
+    deconvolved,
+    pixel_scale: float,
+    target_fwhm_arcsec: float,
+    reconv,
+    config: MetacalConfig,
+    workers,
+    noise_deconvolved,
+) -> dict[str, np.ndarray]:
     deconvolved = np.asarray(deconvolved, dtype=np.float64)
     fourier = config.route == "fourier" and config.estimator == "wmom"
     if fourier and config.device is not None:
@@ -396,6 +444,10 @@ def summarise(measurements: dict[str, np.ndarray], ok: np.ndarray, params: np.nd
         "requirement": {"m": M_REQUIREMENT, "c": C_REQUIREMENT},
         "leakage_variant": leakage,
         "overall": stats(np.ones(len(params), dtype=bool)),
+        "flag_counts": {
+            **({"deconvolution failed": int((~ok).sum())} if (~ok).any() else {}),
+            **flag_counts(np.asarray(measurements["flags"])[ok]),
+        },
     }
     labels = snr_labels(levels)
     block["by_snr"] = {label: stats(labels == label) for label in dict.fromkeys(labels[np.argsort(levels)])}

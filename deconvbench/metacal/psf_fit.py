@@ -38,7 +38,8 @@ def ellipticity_dilation(cxx, cyy, cxy) -> np.ndarray:
     cxx, cyy, cxy = (np.asarray(v, dtype=np.float64) for v in (cxx, cyy, cxy))
     t = cxx + cyy
     lam_max = 0.5 * t + np.sqrt(0.25 * (cxx - cyy) ** 2 + cxy**2)
-    d0 = np.sqrt(lam_max / (0.5 * t))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a failed fit (T = 0 or NaN) gives NaN
+        d0 = np.sqrt(lam_max / (0.5 * t))
     return np.minimum(1.0 + 2.0 * (d0 - 1.0), MAX_ELLIPTICITY_DILATION)
 
 
