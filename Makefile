@@ -27,7 +27,8 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Every committed result file, leaderboard.md and leaderboard.html, from scratch (generates
-# ground-v2/test, space-v2/test, cosmos-v2/test and the metacal-v2 prefixes, runs every method, submits).
+# ground-v2/test, space-v2/test, cosmos-v2/test and the metacal-v2 and metacal-space prefixes, runs every
+# method, submits).
 # Metacal runs use the published 2000-stamp prefix of each metacal-v2 split (image metrics
 # of every stamp cost ~30 ms on 2 cores; the precision test of m is `deconvbench bias`).
 # RESULTS_FLAGS (e.g. --resume) is passed to every run.
@@ -46,6 +47,7 @@ results: install
 	$(RUN) --method deconvfilter --metacal --dataset metacal-v2 --n 2000
 	$(RUN) --method deconvnet-torch --option deconvnet-torch.allow_out_of_family=true --dataset space-v2 --split test
 	$(RUN) --method fft --method wiener --metacal --dataset metacal-psfmodel
+	$(RUN) --method fft --method wiener --method galsim-mcal --metacal --dataset metacal-space --n 2000
 	$(BIN)/deconvbench sensitivity --out out/results -m fft -m wiener -m richardson-lucy --dataset metacal-v2 \
 	  --split noiseless --n 2000 --sizes=-0.02,0.02 --e1=-0.005,0.005 --e2=-0.005,0.005
 	$(BIN)/deconvbench sensitivity --out out/results -m galsim-mcal -m deconvnet-torch --dataset metacal-v2 \
