@@ -12,8 +12,11 @@ import pytest
 
 from deconvbench.bias import render_groups
 from deconvbench.metacal.measure import MetacalConfig, measure_batch, measure_deconvolved, summarise
-from deconvbench.metacal.psf_fit import psf_gaussian_fit, reconv_fwhm
+from deconvbench.metacal.psf_fit import PSF_FIT_MAX_ITER, psf_gaussian_fit, reconv_fwhm
 from deconvbench.methods import Batch, load_method
+from deconvbench.moments import FLAG_NOT_CONVERGED, adaptive_moments
+from deconvbench.sim.render import render_noiseless
+from deconvbench.sim.sampling import draw_galaxies
 
 from .conftest import make_card
 
@@ -57,3 +60,16 @@ def test_fft_reaches_the_truth_floor_at_space_resolution(space_stamps):
 # rendered Airy PSFs is not exact to the last digit, see `deconvbench validate-render`)
 FLOOR_M = 1.5755e-4
 FFT_M = 1.7208e-4
+
+
+def test_aberrated_airy_psf_fit_converges():
+    """psf_index 176 of metacal-space/snr50 (λ/D 0.123″, trefoil and defocus ~0.1 wave):
+    its adaptive fit converges linearly and needs more than 200 accelerated iterations; Γ is
+    defined with the fit's cap at PSF_FIT_MAX_ITER (the group was flagged before)."""
+    card = make_card("metacal-space")
+    rows = draw_galaxies(card, "snr50", 176 * card.psf.galaxies_per_psf, 1)
+    assert int(rows["psf_index"][0]) == 176
+    psf = render_noiseless(card, rows)["psf"]
+    assert adaptive_moments(psf, crop=32, accelerate=True, max_iter=200)["flags"][0] == FLAG_NOT_CONVERGED
+    assert PSF_FIT_MAX_ITER >= 1000
+    assert np.isfinite(reconv_fwhm(psf, card.stamp.pixel_scale_arcsec)).all()
