@@ -104,6 +104,13 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
         raise SubmissionError("a result must be a JSON object")
     if _require(data, "schema_version") != SCHEMA_VERSION:
         raise SubmissionError(f"schema_version must be {SCHEMA_VERSION}")
+    overall = (data.get("metacal") or {}).get("overall") if isinstance(data.get("metacal"), dict) else None
+    if isinstance(overall, dict) and overall.get("m") is None and overall.get("n_pairs") == 0:
+        counts = data["metacal"].get("flag_counts") or {}
+        reasons = ", ".join(f"{name} {count}" for name, count in counts.items())
+        raise SubmissionError(
+            "metacal.overall has no measurement: no valid ±g pair" + (f" (excluded: {reasons})" if reasons else "")
+        )
     problem = validation_problem(data)  # the typed schema (deconvbench/result.schema.json)
     if problem:
         raise SubmissionError(problem)

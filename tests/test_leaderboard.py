@@ -114,3 +114,11 @@ def test_committed_results_are_valid():
         data = json.loads(path.read_text())
         validate_result(data)
         assert canonical_name(data) == path.name
+
+
+def test_a_metacal_result_without_any_valid_pair_is_refused_with_its_reasons():
+    data = json.loads((REPO / "results" / "metacal-space-v1_noiseless_n2000_fft.json").read_text())
+    data["metacal"]["overall"].update(m=None, m_err=None, c=None, c_err=None, n_pairs=0)
+    data["metacal"]["flag_counts"] = {"PSF Gaussian fit failed (e.g. an undersampled PSF)": 2000}
+    with pytest.raises(SubmissionError, match=r"no valid ±g pair \(excluded: PSF Gaussian fit failed .* 2000\)"):
+        validate_result(data)
