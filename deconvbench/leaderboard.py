@@ -21,7 +21,7 @@ from .atomic import atomic_write
 from .cards import expected_checksum, load_card
 from .errors import CardError, DeconvbenchError
 from .family import OUT_OF_FAMILY
-from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT, requirement_verdict
+from .metacal.measure import C_REQUIREMENT, M_REQUIREMENT, format_flag_counts, requirement_verdict
 from .psf_error import PSFError
 from .results_schema import SCHEMA_VERSION, validation_problem
 
@@ -104,10 +104,10 @@ def validate_result(data: Any, allow_failures: bool = False) -> None:
         raise SubmissionError("a result must be a JSON object")
     if _require(data, "schema_version") != SCHEMA_VERSION:
         raise SubmissionError(f"schema_version must be {SCHEMA_VERSION}")
-    overall = (data.get("metacal") or {}).get("overall") if isinstance(data.get("metacal"), dict) else None
+    metacal = data.get("metacal")
+    overall = metacal.get("overall") if isinstance(metacal, dict) else None
     if isinstance(overall, dict) and overall.get("m") is None and overall.get("n_pairs") == 0:
-        counts = data["metacal"].get("flag_counts") or {}
-        reasons = ", ".join(f"{name} {count}" for name, count in counts.items())
+        reasons = format_flag_counts(metacal.get("flag_counts") or {})
         raise SubmissionError(
             "metacal.overall has no measurement: no valid ±g pair" + (f" (excluded: {reasons})" if reasons else "")
         )

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from .metacal.measure import format_flag_counts
+
 
 def _fmt(block: dict, metric: str, stat: str, spec: str = ".3e") -> str:
     value = block.get(metric, {}).get(stat) if isinstance(block.get(metric), dict) else None
@@ -39,7 +41,7 @@ def excluded_reasons(block: dict) -> str:
     counts = block.get("flag_counts") or {}
     if not counts:
         return ""
-    return "excluded stamps by reason: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+    return "excluded stamps by reason: " + format_flag_counts(counts)
 
 
 def _snr_order(label: str) -> tuple:

@@ -189,6 +189,11 @@ def flag_counts(flags) -> dict[str, int]:
     return {name: count for name, count in counts.items() if count}
 
 
+def format_flag_counts(counts: dict[str, int]) -> str:
+    """``"reason N, reason N"`` of :func:`flag_counts` (or of a result's ``metacal.flag_counts``)."""
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
 def _flag_psf_fit(values: dict[str, np.ndarray], reconv) -> dict[str, np.ndarray]:
     """``values`` flagged :data:`FLAG_PSF_FIT` alone (e, R NaN) where Γ's FWHM is not finite:
     every other flag of such a stamp only follows from the missing Γ."""
@@ -220,7 +225,7 @@ def _measure_batch(method, batch, estimate, config: MetacalConfig, noise_seed, r
         raise ValueError("fixnoise needs the stamps' noise seeds")
     if uses_fourier_route(method, config):
         noise = fixnoise_deconvolved(method, batch, noise_seed) if config.fixnoise else None
-        return measure_deconvolved(estimate, pixel, batch.target_fwhm_arcsec, reconv, config, noise_deconvolved=noise)
+        return _measure_deconvolved(estimate, pixel, batch.target_fwhm_arcsec, reconv, config, None, noise)
     if hasattr(method, "metacal_images"):
         images = method.metacal_images(batch, reconv, config.step)
     else:
