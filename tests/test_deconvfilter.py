@@ -294,3 +294,31 @@ def test_shipped_weights_card_and_smoke_numbers(smoke_test_file, tmp_path):
 
 
 SMOKE_NMSE = 9.290283885748943  # measured with the shipped weights (float64 throughout)
+
+
+def test_a_diverged_training_stops_and_keeps_its_best_epoch(tmp_path):
+    """A non-finite training loss ends the run (it never recovers); the history stays
+    strict JSON (null, not NaN) and best.npz is the last finite best epoch."""
+    import json
+
+    from deconvbench_baselines.deconvnet.filter_train import train_filter
+    from deconvbench_baselines.deconvnet.losses import LossWeights
+
+    good = [_synthetic_batches(1)]
+    bad = _synthetic_batches(2)
+    bad["observed"] = np.full_like(bad["observed"], np.nan)
+    result = train_filter(
+        FilterConfig(q_flat=0.0, n_nodes=6, hidden=8),
+        LossWeights(),
+        lambda epoch: good if epoch == 0 else [bad],
+        lambda: [_synthetic_batches(9)],
+        epochs=5,
+        pixel_scale=PIXEL,
+        target_fwhm=TARGET,
+        lr=1e-2,
+        out_dir=tmp_path,
+    )
+    assert result["epochs_completed"] == 2 and result["stopped_early"] and result["best_epoch"] == 0
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert history[1]["diverged"] is True and history[1]["train_loss"] is None
+    assert load_filter_weights(tmp_path / "best.npz")[2]["epoch"] == 0

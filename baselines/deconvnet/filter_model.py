@@ -196,8 +196,11 @@ def _torch_module():
             lo = torch.gather(cum, 1, flat).reshape(q.shape)
             slope = torch.gather(slopes, 1, flat).reshape(q.shape)
             g = lo + slope * (t - j) * cfg.dq
-            nu2 = (nu**2).reshape(-1, 1, 1)
-            return (1.0 + nu2 * torch.exp(g0).reshape(-1, 1, 1)) / (1.0 + nu2 * torch.exp(g))
+            # W = (1 + ν² e^{g₀}) / (1 + ν² e^{g}) in log space: softplus(g + 2 ln ν) never
+            # overflows (e^g does once training pushes g past ~700: inf/inf = NaN); ν = 0 gives W = 1
+            log_nu2 = torch.log(nu**2).reshape(-1, 1, 1)
+            softplus = nn.functional.softplus
+            return torch.exp(softplus(g0.reshape(-1, 1, 1) + log_nu2) - softplus(g + log_nu2))
 
         def forward(self, spec, H, q, z, nu):
             return spec * H * self.weights(q, z, nu)

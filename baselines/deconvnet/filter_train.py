@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from deconvbench import fourier as F
-from deconvbench.atomic import atomic_write
+from deconvbench.atomic import atomic_write, json_safe
 
 from .filter_model import (
     FilterConfig,
@@ -179,12 +179,16 @@ def train_filter(
             "lr": optimizer.param_groups[0]["lr"],
             "time_s": time.perf_counter() - t_epoch,
         }
+        diverged = not math.isfinite(record["train_loss"])
+        if diverged:
+            record["diverged"] = True
         history.append(record)
-        atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(history, indent=1).encode()))
+        atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(json_safe(history), indent=1).encode()))
         if progress is not None:
             progress(dict(record))
         stopped_early = patience is not None and best_epoch is not None and epoch - best_epoch >= patience
-        if stopped_early:
+        if stopped_early or diverged:  # a non-finite loss never recovers: keep the best epoch
+            stopped_early = True
             break
     return {
         "history": history,
