@@ -6,7 +6,7 @@ commands,
 
 * ``deconvbench run --method M --dataset CARD --split test --n N_TEST``: NMSE and mean
   |Δe| per SNR level, deconvolution stamps/s;
-* ``deconvbench run --method M --metacal --dataset metacal-v2 --split S --n N_MCAL`` for
+* ``deconvbench run --method M --metacal --dataset MCAL --split S --n N_MCAL`` for
   S in noiseless, snr50, snr20, leakage: m ± σm and c per split, α on the leakage split;
 
 and writes ``OUT/ablation.md`` (one row per variant, plus the reference methods named
@@ -29,13 +29,51 @@ from pathlib import Path
 SNRS = ("10", "20", "40", "80", "200", "noiseless")
 MCAL_SPLITS = ("noiseless", "snr50", "snr20", "leakage")
 
-# name -> extra `deconvbench train` arguments (method deconvfilter unless --method given)
-VARIANTS: dict[str, list[str]] = {
-    "filter-pixel-qflat3": ["--set", "q_flat=3.0"],
-    "filter-pixel-qflat2": ["--set", "q_flat=2.0"],
-    "filter-pixel-qflat0": ["--set", "q_flat=0"],
-    "filter-band100-qflat0": ["--set", "q_flat=0", "--set", "band_weight=100"],
+# name -> the method trained and measured, its extra `deconvbench train` arguments, and
+# overrides of this script's training settings (epochs, lr, n_train).
+SHIPPED_UNET = "baselines/deconvnet/weights/deconvnet-ground-v1.npz"
+_UNET_TUNE = {"method": "deconvnet-torch", "epochs": 1, "lr": 3e-4}
+VARIANTS: dict[str, dict] = {
+    "filter-pixel-qflat3": {"method": "deconvfilter", "args": ["--set", "q_flat=3.0"]},
+    "filter-pixel-qflat2": {"method": "deconvfilter", "args": ["--set", "q_flat=2.0"]},
+    "filter-pixel-qflat0": {"method": "deconvfilter", "args": ["--set", "q_flat=0"]},
+    "filter-band100-qflat0": {"method": "deconvfilter", "args": ["--set", "q_flat=0", "--set", "band_weight=100"]},
+    # the U-Net (DeconvNet), fine-tuned from the shipped pixel-loss weights with one
+    # objective term each (weights chosen so that each term starts 5-50x the pixel term)
+    "unet-pixel": {**_UNET_TUNE, "args": []},
+    "unet-shear": {**_UNET_TUNE, "args": ["--set", "shear_weight=1000"]},
+    "unet-psf": {**_UNET_TUNE, "args": ["--set", "psf_weight=10"]},
+    "unet-band": {**_UNET_TUNE, "args": ["--set", "band_weight=10"]},
+    "unet-flux": {**_UNET_TUNE, "args": ["--set", "flux_weight=10"]},
+    "unet-all": {
+        **_UNET_TUNE,
+        "args": [
+            "--set",
+            "shear_weight=1000",
+            "--set",
+            "psf_weight=10",
+            "--set",
+            "band_weight=10",
+            "--set",
+            "flux_weight=10",
+        ],
+    },  # fmt: skip
 }
+
+
+def train_command(name: str, args) -> tuple[str, list[str]]:
+    """(method, the `deconvbench train` command) of variant ``name``."""
+    variant = VARIANTS[name]
+    method = variant["method"]
+    vdir = args.out / name
+    cmd = _cli("train", "--method", method, "--dataset", args.dataset,
+               "--n-train", str(variant.get("n_train", args.n_train)), "--n-val", str(args.n_val),
+               "--epochs", str(variant.get("epochs", args.epochs)), "--batch-size", str(args.batch_size),
+               "--lr", str(variant.get("lr", args.lr)), "--device", args.device, "--threads", str(args.threads),
+               *variant["args"])  # fmt: skip
+    if method.startswith("deconvnet"):
+        cmd += ["--set", f"init_weights={SHIPPED_UNET}", "--patience", "1"]
+    return method, cmd + ["--out", str(vdir)]
 
 
 def _cli(*args: str) -> list[str]:
@@ -68,7 +106,7 @@ def measure(method: str, options: list[str], out: Path, args, log) -> dict:
     row["device"] = test["throughput"].get("device")
     for split in MCAL_SPLITS:
         path = out / f"metacal-{split}.json"
-        cmd = _cli("run", "--method", method, *opts, "--metacal", "--dataset", "metacal-v2", "--split", split,
+        cmd = _cli("run", "--method", method, *opts, "--metacal", "--dataset", args.mcal_dataset, "--split", split,
                    "--n", str(args.n_mcal), "--out", str(path))  # fmt: skip
         if not path.exists():
             _run(cmd, log)
@@ -110,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="*", default=["all"], help="variant names (default all)")
     parser.add_argument("--reference", nargs="*", default=[], help="registered methods to measure as they are")
     parser.add_argument("--dataset", default="ground-v2")
+    parser.add_argument("--mcal-dataset", default="metacal-v2", help="metacal card of the same geometry")
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-val", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=2000)
@@ -122,6 +161,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ship", default=None, help="variant to ship as the default weights for --dataset")
     args = parser.parse_args(argv)
     names = list(VARIANTS) if args.variants == ["all"] else args.variants
+    if args.ship and VARIANTS.get(args.ship, {}).get("method") != "deconvfilter":
+        print(f"--ship takes a deconvfilter variant, got {args.ship!r}", file=sys.stderr)
+        return 2
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         print(f"unknown variant(s): {', '.join(unknown)} (known: {', '.join(VARIANTS)})", file=sys.stderr)
@@ -134,13 +176,10 @@ def main(argv=None) -> int:
         for name in names:
             vdir = args.out / name
             weights = vdir / "best.npz"
-            train_cmd = _cli("train", "--method", "deconvfilter", "--dataset", args.dataset,
-                             "--n-train", str(args.n_train), "--n-val", str(args.n_val), "--epochs", str(args.epochs),
-                             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--device", args.device,
-                             "--threads", str(args.threads), *VARIANTS[name], "--out", str(vdir))  # fmt: skip
+            method, train_cmd = train_command(name, args)
             if not weights.exists():
                 _run(train_cmd, log)
-            row = measure("deconvfilter", [f"deconvfilter.weights={weights}"], vdir, args, log)
+            row = measure(method, [f"{method}.weights={weights}"], vdir, args, log)
             row["commands"].insert(0, shlex.join(["deconvbench", *train_cmd[3:]]))
             rows[name] = row
     (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))

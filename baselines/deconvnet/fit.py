@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from deconvbench.atomic import write_json_atomic
+from deconvbench.atomic import json_safe, write_json_atomic
 from deconvbench.dataset_files import ensure_dataset
 from deconvbench.errors import UsageError
 from deconvbench.training import TrainingRequest
@@ -72,7 +72,6 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     from deconvbench.runinfo import hardware, package_versions
     from deconvbench.streaming import sequential_batches, shuffled_batches
 
-    from .config import DeconvNetConfig
     from .train import train as run_training
 
     try:
@@ -88,13 +87,14 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     from .device import framework_device
 
     framework_device(framework, request.device)  # refuse a missing GPU before generating data
-    unknown = set(request.model_options) - set(DeconvNetConfig.__dataclass_fields__)
-    if unknown:
-        raise UsageError(f"unknown DeconvNet config option(s): {', '.join(sorted(unknown))}")
-    try:
-        config = DeconvNetConfig(**request.model_options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad DeconvNet config: {exc}") from None
+    config, objective = _split_deconvnet_options(request.model_options)
+    if objective.extra_terms and framework != "torch":
+        raise UsageError("training objectives beyond pixel_weight need --framework torch (JAX trains the pixel loss)")
+    if objective.init_weights is not None:
+        from pathlib import Path
+
+        if not Path(objective.init_weights).is_file():
+            raise UsageError(f"init_weights: no such file {objective.init_weights}")
     train_path, val_path, geometry = _training_data(request, progress, notify)
     n_epoch = geometry["n_train"]
 
@@ -130,6 +130,7 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
                 progress=report,
                 metadata={**geometry, "command": request.command},
                 device=request.device,
+                objective=objective,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -147,6 +148,7 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
         "model": "DeconvNet",
         "framework_trained": framework,
         "config": config.to_dict(),
+        "objective": objective.to_dict(),
         "validation": validation,
         "command": request.command,
         "dataset": geometry,
@@ -164,8 +166,29 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
         "versions": package_versions((framework,)),
         "history": summary["history"],
     }
-    write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)
+    write_json_atomic(request.out / "model_card.json", json_safe(card), indent=1, sort_keys=True)
     return f"best epoch {summary['best_epoch']}: val NMSE {summary['best_val_nmse']}; weights {summary['best_path']}"
+
+
+def _split_deconvnet_options(options: dict):
+    """``model_options`` → (DeconvNetConfig, UNetObjective); UsageError on unknown keys."""
+    from .config import DeconvNetConfig
+    from .objectives import UNetObjective
+
+    config_keys = set(DeconvNetConfig.__dataclass_fields__)
+    objective_keys = UNetObjective.keys()
+    unknown = set(options) - config_keys - objective_keys
+    if unknown:
+        raise UsageError(
+            f"unknown DeconvNet option(s): {', '.join(sorted(unknown))} "
+            f"(config: {', '.join(sorted(config_keys))}; objective: {', '.join(sorted(objective_keys))})"
+        )
+    try:
+        config = DeconvNetConfig(**{k: v for k, v in options.items() if k in config_keys})
+        objective = UNetObjective(**{k: v for k, v in options.items() if k in objective_keys})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad DeconvNet options: {exc}") from None
+    return config, objective
 
 
 def _split_filter_options(options: dict):
@@ -276,5 +299,5 @@ def train_filter_request(request: TrainingRequest, progress: Callable, notify: C
         "versions": package_versions(("torch",)),
         "history": summary["history"],
     }
-    write_json_atomic(request.out / "model_card.json", card, indent=1, sort_keys=True)
+    write_json_atomic(request.out / "model_card.json", json_safe(card), indent=1, sort_keys=True)
     return f"best epoch {summary['best_epoch']}: val objective {summary['best_val']}; weights {summary['best_path']}"

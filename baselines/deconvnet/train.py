@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deconvbench.atomic import atomic_write
+from deconvbench.atomic import atomic_write, json_safe
 
 from .config import DeconvNetConfig
 from .convert import save_weights
@@ -143,6 +143,11 @@ class _JaxBackend:
 
         return jax_params_to_flat(self.params)
 
+    def load_flat(self, flat: dict[str, np.ndarray]) -> None:
+        from .convert import flat_to_jax_params
+
+        self.params = flat_to_jax_params(flat)
+
     def save(self, path: Path, meta: dict) -> None:
         from flax import serialization
 
@@ -208,6 +213,12 @@ class _TorchBackend:
         from .convert import torch_state_to_flat
 
         return torch_state_to_flat(self.model.state_dict())
+
+    def load_flat(self, flat: dict[str, np.ndarray]) -> None:
+        from .convert import flat_to_torch_state
+
+        state = {key: value.to(self.device) for key, value in flat_to_torch_state(flat).items()}
+        self.model.load_state_dict(state)
 
     def save(self, path: Path, meta: dict) -> None:
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "meta": json.dumps(meta)}
@@ -288,6 +299,7 @@ def train(
     progress: Callable[[dict], None] | None = None,
     metadata: dict | None = None,
     device: str = "auto",
+    objective=None,
 ) -> dict:
     """Train DeconvNet; see the module docstring for what is written where.
 
@@ -303,6 +315,11 @@ def train(
     config), training continues at the checkpoint's next epoch with its parameters,
     optimizer state, history and best score; without a checkpoint it starts afresh.
 
+    ``objective``: a :class:`.objectives.UNetObjective` (None: the pixel loss alone).
+    Terms beyond the pixel loss need ``framework="torch"`` and ``metadata`` with
+    ``pixel_scale_arcsec`` and ``target_fwhm_arcsec``; ``objective.init_weights`` starts
+    from those weights (same config) instead of a random initialisation.
+
     Returns ``{"history", "best_epoch", "best_val_nmse", "wall_time_s",
     "epochs_completed", "stopped_early", "resumed_from", "best_path", "last_path"}``.
     """
@@ -310,6 +327,15 @@ def train(
         raise ValueError(f"framework must be one of {FRAMEWORKS}, got {framework!r}")
     if patience is not None and patience < 1:
         raise ValueError("patience must be >= 1 or None")
+    from .objectives import UNetObjective
+
+    objective = UNetObjective() if objective is None else objective
+    if objective.extra_terms and framework != "torch":
+        raise ValueError("training objectives beyond pixel_weight need --framework torch (JAX trains the pixel loss)")
+    if objective.extra_terms and not {"pixel_scale_arcsec", "target_fwhm_arcsec"} <= set(metadata or {}):
+        raise ValueError(
+            "training objectives beyond pixel_weight need the data's pixel_scale_arcsec and target_fwhm_arcsec"
+        )
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +349,8 @@ def train(
             raise ValueError(f"{last_path} was written by framework {meta.get('framework')!r}, not {framework!r}")
         if DeconvNetConfig.from_dict(meta["config"]) != config:
             raise ValueError(f"{last_path} was trained with a different config: {meta['config']}")
+        if meta.get("objective", UNetObjective().to_dict()) != objective.to_dict():
+            raise ValueError(f"{last_path} was trained with a different objective: {meta.get('objective')}")
     from .device import framework_device
 
     resolved = framework_device(framework, device)
@@ -332,17 +360,17 @@ def train(
         with jax.default_device(resolved):
             return _train_loop(
                 framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
-                progress, metadata, None, t_start, last_path, best_path, resuming,
+                progress, metadata, None, t_start, last_path, best_path, resuming, objective,
             )  # fmt: skip
     return _train_loop(
         framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
-        progress, metadata, resolved, t_start, last_path, best_path, resuming,
+        progress, metadata, resolved, t_start, last_path, best_path, resuming, objective,
     )  # fmt: skip
 
 
 def _train_loop(
     framework, config, train_batches, val_batches, epochs, lr, seed, out, resume, patience, augment,
-    progress, metadata, device, t_start, last_path, best_path, resuming,
+    progress, metadata, device, t_start, last_path, best_path, resuming, objective,
 ) -> dict:  # fmt: skip
     history: list[dict] = []
     best_epoch: int | None = None
@@ -358,19 +386,35 @@ def _train_loop(
         best_val = math.inf if meta["best_val_nmse"] is None else meta["best_val_nmse"]
         start = resumed_from = int(meta["next_epoch"])
         stopped_early = bool(meta.get("stopped_early", False))
+    elif objective.init_weights:
+        from .convert import load_weights
+
+        flat, init_config, _ = load_weights(objective.init_weights)
+        if init_config != config:
+            raise ValueError(f"init_weights {objective.init_weights} has a different config: {init_config.to_dict()}")
+        backend.load_flat(flat)
 
     for epoch in range(start, epochs):
         t_epoch = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         loss_sum, n_seen = 0.0, 0
+        term_sums: dict[str, float] = {}
         for batch in train_batches(epoch):
             observed, psf, sigma, truth = _unpack(batch)
             if augment:
                 observed, psf, truth = augment_batch(rng, observed, psf, truth)
-            x, psf_in, noise_in, scale = normalise(observed, psf, sigma)
-            target = normalise_target(truth, scale)
-            loss_sum += backend.step(x, psf_in, noise_in, target) * len(x)
-            n_seen += len(x)
+            if objective.extra_terms:
+                from .objectives import objective_step
+
+                terms = objective_step(backend, rng, observed, psf, sigma, truth, objective, metadata)
+                loss_sum += terms["total"] * len(observed)
+                for key, value in terms.items():
+                    term_sums[key] = term_sums.get(key, 0.0) + value * len(observed)
+            else:
+                x, psf_in, noise_in, scale = normalise(observed, psf, sigma)
+                target = normalise_target(truth, scale)
+                loss_sum += backend.step(x, psf_in, noise_in, target) * len(x)
+            n_seen += len(observed)
         if n_seen == 0:
             raise ValueError(f"train_batches({epoch}) yielded no batches")
         val = evaluate(backend, val_batches())
@@ -385,15 +429,28 @@ def _train_loop(
             "n_train": n_seen,
             "time_s": time.perf_counter() - t_epoch,
         }
+        if term_sums:
+            record["train_terms"] = {key: value / n_seen for key, value in term_sums.items()}
         history.append(record)
         if improved:
             save_weights(
                 best_path,
                 backend.flat(),
                 config,
-                {**(metadata or {}), "framework": framework, "epoch": epoch, "val_nmse": val, "lr": lr, "seed": seed},
+                {
+                    **(metadata or {}),
+                    "framework": framework,
+                    "epoch": epoch,
+                    "val_nmse": val,
+                    "lr": lr,
+                    "seed": seed,
+                    "objective": objective.to_dict(),
+                },
             )
         stopped_early = patience is not None and best_epoch is not None and epoch - best_epoch >= patience
+        if not math.isfinite(record["train_loss"]):  # a non-finite loss never recovers: keep the best epoch
+            record["diverged"] = True
+            stopped_early = True
         meta = {
             "framework": framework,
             "config": config.to_dict(),
@@ -404,9 +461,10 @@ def _train_loop(
             "stopped_early": stopped_early,
             "lr": lr,
             "seed": seed,
+            "objective": objective.to_dict(),
         }
         backend.save(last_path, meta)
-        atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(history, indent=1).encode()))
+        atomic_write(out / HISTORY_NAME, lambda f: f.write(json.dumps(json_safe(history), indent=1).encode()))
         if progress is not None:
             progress(dict(record))
         if stopped_early:
