@@ -322,3 +322,22 @@ def test_a_diverged_training_stops_and_keeps_its_best_epoch(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert history[1]["diverged"] is True and history[1]["train_loss"] is None
     assert load_filter_weights(tmp_path / "best.npz")[2]["epoch"] == 0
+
+
+def test_other_geometry_is_refused_with_the_fitting_shipped_weights_named(tmp_path):
+    from deconvbench_baselines.deconvnet.plugin import shipped_weights_for
+
+    ground = DeconvFilterTorch(device="cpu")  # shipped ground-v2 weights (0.2", target 0.5")
+    stamps = np.zeros((2, N, N))
+    psf = np.full((2, N, N), 1.0 / N**2)
+    space_like = Batch(observed=stamps, psf=psf, noise_sigma=np.ones(2), pixel_scale_arcsec=0.1, target_fwhm_arcsec=0.2)
+    fitting = shipped_weights_for("deconvfilter", 0.1, 0.2)
+    with pytest.raises(MethodError, match="were trained for pixel_scale_arcsec=0.2") as info:
+        ground.deconvolve(space_like)
+    for dataset in fitting:
+        assert f"--option deconvfilter.dataset={dataset}" in str(info.value)
+    assert shipped_weights_for("deconvfilter", 0.2, 0.5) == ["ground-v2"]
+    out = DeconvFilterTorch(device="cpu", allow_out_of_family=True)
+    assert out.deconvolve(space_like).shape == stamps.shape and out.params()["allow_out_of_family"] is True
+    with pytest.raises(MethodError, match="allow_out_of_family"):
+        DeconvFilterTorch(device="cpu", allow_out_of_family="yes")

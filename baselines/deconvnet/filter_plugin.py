@@ -35,10 +35,21 @@ class DeconvFilterTorch:
     framework = "torch"
 
     def __init__(
-        self, weights: str | None = None, batch_size: int = 256, dataset: str = DEFAULT_DATASET, device: str = "auto"
+        self,
+        weights: str | None = None,
+        batch_size: int = 256,
+        dataset: str = DEFAULT_DATASET,
+        device: str = "auto",
+        allow_out_of_family: bool = False,
     ):
         from .device import device_label, torch_device
         from .filter_model import build_torch_model, flat_to_torch_state, load_filter_weights
+
+        if not isinstance(allow_out_of_family, bool):
+            raise MethodError(f"allow_out_of_family must be true or false, got {allow_out_of_family!r}")
+        # explicit opt-in: run on data whose pixel scale or target differ from the training
+        # data's (the result is then marked out-of-family, see training_domain)
+        self.allow_out_of_family = allow_out_of_family
 
         try:
             self.batch_size = int(batch_size)
@@ -104,7 +115,8 @@ class DeconvFilterTorch:
             raise MethodError(
                 f"{self.name}: bad batch shapes observed {observed.shape}, psf {psf.shape}, noise_sigma {sigma.shape}"
             )
-        check_trained_geometry(self.name, self.weights_path, self.metadata, batch)
+        if not self.allow_out_of_family:
+            check_trained_geometry(self.name, self.weights_path, self.metadata, batch, prefix="deconvfilter")
         n = observed.shape[-1]
         N = F.padded_size(n, self.config.pad_factor)
         out = np.empty(observed.shape, dtype=np.float64)
@@ -129,4 +141,5 @@ class DeconvFilterTorch:
             "loss": self.metadata.get("loss"),
             "batch_size": self.batch_size,
             "device": self.device,
+            **({"allow_out_of_family": True} if self.allow_out_of_family else {}),
         }

@@ -55,19 +55,47 @@ def training_domain_of(metadata: dict) -> dict[str, Any]:
     }
 
 
-def check_trained_geometry(name: str, weights_path: Path, metadata: dict, batch: Batch) -> None:
-    """Raise :class:`MethodError` when ``batch``'s pixel scale or target FWHM differ from those
-    the weights were trained for (where the metadata records them)."""
-    for key, value in (
-        ("pixel_scale_arcsec", batch.pixel_scale_arcsec),
-        ("target_fwhm_arcsec", batch.target_fwhm_arcsec),
-    ):
+def _same_geometry(metadata: dict, pixel_scale, target_fwhm) -> bool:
+    """True unless the metadata records a pixel scale or target FWHM other than these."""
+    for key, value in (("pixel_scale_arcsec", pixel_scale), ("target_fwhm_arcsec", target_fwhm)):
         trained = metadata.get(key)
         if trained is not None and value is not None and not np.isclose(float(trained), float(value), rtol=1e-6):
-            raise MethodError(
-                f"{name}: weights {weights_path.name} were trained for {key}={trained}, "
-                f"the data has {value}; use weights trained for this dataset"
-            )
+            return False
+    return True
+
+
+def shipped_weights_for(prefix: str, pixel_scale, target_fwhm) -> list[str]:
+    """Datasets of the shipped ``weights/PREFIX-<dataset>.npz`` trained for this geometry
+    (pixel scale and target FWHM in arcsec), read from their model cards."""
+    import json
+
+    found = []
+    for card in sorted(WEIGHTS_DIR.glob(f"{prefix}-*.json")):
+        try:
+            dataset = json.loads(card.read_text()).get("dataset", {})
+        except (OSError, ValueError):
+            continue
+        if isinstance(dataset, dict) and _same_geometry(dataset, pixel_scale, target_fwhm):
+            found.append(card.stem.removeprefix(f"{prefix}-"))
+    return found
+
+
+def check_trained_geometry(name: str, weights_path: Path, metadata: dict, batch: Batch, prefix: str = "") -> None:
+    """Raise :class:`MethodError` when ``batch``'s pixel scale or target FWHM differ from those
+    the weights were trained for (where the metadata records them). With ``prefix`` (the
+    shipped weights' file prefix), the message names shipped weights that do fit."""
+    if _same_geometry(metadata, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec):
+        return
+    keys = ("pixel_scale_arcsec", "target_fwhm_arcsec")
+    trained = ", ".join(f"{key}={metadata.get(key)}" for key in keys)
+    data = f"pixel_scale_arcsec={batch.pixel_scale_arcsec}, target_fwhm_arcsec={batch.target_fwhm_arcsec}"
+    fitting = shipped_weights_for(prefix, batch.pixel_scale_arcsec, batch.target_fwhm_arcsec) if prefix else []
+    hint = (
+        "shipped weights for this geometry: " + ", ".join(f"--option {name}.dataset={d}" for d in fitting)
+        if fitting
+        else "use weights trained for this dataset"
+    )
+    raise MethodError(f"{name}: weights {weights_path.name} were trained for {trained}, the data has {data}; {hint}")
 
 
 class _DeconvNetBase:
@@ -169,7 +197,7 @@ class _DeconvNetBase:
         (when the weights record them): the output would silently be for the wrong target.
         ``allow_out_of_family=True`` runs anyway (an out-of-family evaluation)."""
         if not self.allow_out_of_family:
-            check_trained_geometry(self.name, self.weights_path, self.metadata, batch)
+            check_trained_geometry(self.name, self.weights_path, self.metadata, batch, prefix="deconvnet")
 
     def training_domain(self) -> dict[str, Any]:
         """What the weights were trained on (:mod:`deconvbench.family`): card, geometry."""
