@@ -38,6 +38,17 @@ VARIANTS: dict[str, dict] = {
     "filter-pixel-qflat2": {"method": "deconvfilter", "args": ["--set", "q_flat=2.0"]},
     "filter-pixel-qflat0": {"method": "deconvfilter", "args": ["--set", "q_flat=0"]},
     "filter-band100-qflat0": {"method": "deconvfilter", "args": ["--set", "q_flat=0", "--set", "band_weight=100"]},
+    # the shipped DeconvFilter weights of every card: q_flat = 3, trained until the
+    # validation objective stops improving (cosine schedule over at most 20 epochs)
+    "filter-shipped": {
+        "method": "deconvfilter",
+        "args": ["--set", "q_flat=3.0"],
+        "n_train": 6000,
+        "n_val": 2000,
+        "epochs": 20,
+        "patience": 3,
+        "threads": 1,
+    },
     # the U-Net (DeconvNet), fine-tuned from the shipped pixel-loss weights with one
     # objective term each (weights chosen so that each term starts 5-50x the pixel term)
     "unet-pixel": {**_UNET_TUNE, "args": []},
@@ -67,10 +78,12 @@ def train_command(name: str, args) -> tuple[str, list[str]]:
     method = variant["method"]
     vdir = args.out / name
     cmd = _cli("train", "--method", method, "--dataset", args.dataset,
-               "--n-train", str(variant.get("n_train", args.n_train)), "--n-val", str(args.n_val),
+               "--n-train", str(variant.get("n_train", args.n_train)), "--n-val", str(variant.get("n_val", args.n_val)),
                "--epochs", str(variant.get("epochs", args.epochs)), "--batch-size", str(args.batch_size),
-               "--lr", str(variant.get("lr", args.lr)), "--device", args.device, "--threads", str(args.threads),
-               *variant["args"])  # fmt: skip
+               "--lr", str(variant.get("lr", args.lr)), "--device", args.device,
+               "--threads", str(variant.get("threads", args.threads)), *variant["args"])  # fmt: skip
+    if "patience" in variant:
+        cmd += ["--patience", str(variant["patience"])]
     if method.startswith("deconvnet"):
         cmd += ["--set", f"init_weights={SHIPPED_UNET}", "--patience", "1"]
     return method, cmd + ["--out", str(vdir)]
@@ -104,9 +117,13 @@ def measure(method: str, options: list[str], out: Path, args, log) -> dict:
     row["e_err"] = {s: by_snr[s]["e_err"]["mean"] for s in SNRS if s in by_snr}
     row["stamps_per_s"] = test["throughput"]["deconv_gal_per_s"]
     row["device"] = test["throughput"].get("device")
+    if args.mcal_dataset == "none":  # no metacal card of this geometry
+        row["commands"] = commands
+        return row
+    mcal_opts = opts + [x for o in args.mcal_option for x in ("--option", o)]
     for split in MCAL_SPLITS:
         path = out / f"metacal-{split}.json"
-        cmd = _cli("run", "--method", method, *opts, "--metacal", "--dataset", args.mcal_dataset, "--split", split,
+        cmd = _cli("run", "--method", method, *mcal_opts, "--metacal", "--dataset", args.mcal_dataset, "--split", split,
                    "--n", str(args.n_mcal), "--out", str(path))  # fmt: skip
         if not path.exists():
             _run(cmd, log)
@@ -121,6 +138,10 @@ def _fmt(x, spec=".3g") -> str:
     return "" if x is None else format(x, spec)
 
 
+def _pm(value, err, spec) -> str:
+    return "" if value is None else f"{_fmt(value, spec)} ± {_fmt(err, '.1e')}"
+
+
 def markdown(rows: dict[str, dict]) -> str:
     head = (
         ["variant"]
@@ -133,10 +154,12 @@ def markdown(rows: dict[str, dict]) -> str:
         cells = [name]
         cells += [_fmt(r["nmse"].get(s)) for s in SNRS]
         cells += [_fmt(r["e_err"].get(s)) for s in SNRS]
+        none: dict = {"m": None, "m_err": None, "c": None, "c_err": None, "alpha": None, "alpha_err": None}
+        mc = {split: r.get(split) or none for split in MCAL_SPLITS}  # absent: no metacal card measured
         for split in ("noiseless", "snr50", "snr20"):
-            cells.append(f"{_fmt(r[split]['m'], '+.2e')} ± {_fmt(r[split]['m_err'], '.1e')}")
-        cells.append(f"{_fmt(r['snr50']['c'], '+.1e')} ± {_fmt(r['snr50']['c_err'], '.1e')}")
-        cells.append(f"{_fmt(r['leakage']['alpha'], '+.2e')} ± {_fmt(r['leakage']['alpha_err'], '.1e')}")
+            cells.append(_pm(mc[split]["m"], mc[split]["m_err"], "+.2e"))
+        cells.append(_pm(mc["snr50"]["c"], mc["snr50"]["c_err"], "+.1e"))
+        cells.append(_pm(mc["leakage"]["alpha"], mc["leakage"]["alpha_err"], "+.2e"))
         cells.append(_fmt(r["stamps_per_s"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -148,7 +171,10 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="*", default=["all"], help="variant names (default all)")
     parser.add_argument("--reference", nargs="*", default=[], help="registered methods to measure as they are")
     parser.add_argument("--dataset", default="ground-v2")
-    parser.add_argument("--mcal-dataset", default="metacal-v2", help="metacal card of the same geometry")
+    parser.add_argument("--mcal-dataset", default="metacal-v2", help="metacal card of the same geometry, or none")
+    parser.add_argument(
+        "--mcal-option", action="append", default=[], help="extra --option for the metacal runs (repeatable)"
+    )
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-val", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=2000)
