@@ -52,7 +52,8 @@ VARIANTS: dict[str, dict] = {
     # the U-Net (DeconvNet), fine-tuned from the shipped pixel-loss weights with one
     # objective term each (weights chosen so that each term starts 5-50x the pixel term)
     "unet-pixel": {**_UNET_TUNE, "args": []},
-    "unet-shear": {**_UNET_TUNE, "args": ["--set", "shear_weight=1000"]},
+    "unet-shear": {**_UNET_TUNE, "args": ["--set", "shear_weight=0.1"]},
+    "unet-shear-nmse": {**_UNET_TUNE, "args": ["--set", "shear_weight=1000", "--set", "shear_norm=output"]},
     "unet-psf": {**_UNET_TUNE, "args": ["--set", "psf_weight=10"]},
     "unet-band": {**_UNET_TUNE, "args": ["--set", "band_weight=10"]},
     "unet-flux": {**_UNET_TUNE, "args": ["--set", "flux_weight=10"]},
@@ -60,7 +61,7 @@ VARIANTS: dict[str, dict] = {
         **_UNET_TUNE,
         "args": [
             "--set",
-            "shear_weight=1000",
+            "shear_weight=0.1",
             "--set",
             "psf_weight=10",
             "--set",

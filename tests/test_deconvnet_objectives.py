@@ -164,6 +164,8 @@ def test_bad_objectives_are_refused(tmp_path):
         UNetObjective(shear_weight=-1.0)
     with pytest.raises(ValueError, match="shear_max"):
         UNetObjective(shear_max=0.5)
+    with pytest.raises(ValueError, match="shear_norm"):
+        UNetObjective(shear_norm="pixel")
     pytest.importorskip("jax")
     with pytest.raises(ValueError, match="framework torch"):
         train("jax", TINY, lambda e: iter(TRAIN), lambda: iter(VAL), epochs=1, out_dir=tmp_path / "j",
