@@ -33,6 +33,8 @@ MCAL_SPLITS = ("noiseless", "snr50", "snr20", "leakage")
 # overrides of this script's training settings (epochs, lr, n_train).
 SHIPPED_UNET = "baselines/deconvnet/weights/deconvnet-ground-v1.npz"
 _UNET_TUNE = {"method": "deconvnet-torch", "epochs": 1, "lr": 3e-4}
+_OUT = ["--set", "equivariance_target=output"]
+_MCAL = ["--set", "equivariance_space=metacal"]
 VARIANTS: dict[str, dict] = {
     "filter-pixel-qflat3": {"method": "deconvfilter", "args": ["--set", "q_flat=3.0"]},
     "filter-pixel-qflat2": {"method": "deconvfilter", "args": ["--set", "q_flat=2.0"]},
@@ -50,24 +52,34 @@ VARIANTS: dict[str, dict] = {
         "threads": 1,
     },
     # the U-Net (DeconvNet), fine-tuned from the shipped pixel-loss weights with one
-    # objective term each (weights chosen so that each term starts 5-50x the pixel term)
+    # objective term each (weights chosen so that each term starts 5-50x the pixel term).
+    # equivariance_target=output: the unsheared output is the (fixed) target
     "unet-pixel": {**_UNET_TUNE, "args": []},
-    "unet-shear": {**_UNET_TUNE, "args": ["--set", "shear_weight=0.1"]},
-    "unet-shear-nmse": {**_UNET_TUNE, "args": ["--set", "shear_weight=1000", "--set", "shear_norm=output"]},
-    "unet-psf": {**_UNET_TUNE, "args": ["--set", "psf_weight=10"]},
+    "unet-shear-nmse": {**_UNET_TUNE, "args": _OUT + ["--set", "shear_weight=1000", "--set", "shear_norm=output"]},
+    "unet-shear": {**_UNET_TUNE, "args": _OUT + ["--set", "shear_weight=0.1"]},
+    "unet-psf10": {**_UNET_TUNE, "args": _OUT + ["--set", "psf_weight=10"]},
+    "unet-psf": {**_UNET_TUNE, "args": _OUT + ["--set", "psf_weight=1"]},
+    "unet-shear-mcal-output": {**_UNET_TUNE, "args": _OUT + _MCAL + ["--set", "shear_weight=10"]},
+    # metacal space, matched to the truth: the response error² and the leakage² of the
+    # Γ-reconvolved wmom ellipticity, both outputs differentiated
+    "unet-shear-mcal": {**_UNET_TUNE, "args": _MCAL + ["--set", "shear_weight=10"]},
+    "unet-psf-mcal": {**_UNET_TUNE, "args": _MCAL + ["--set", "psf_weight=0.01"]},
     "unet-band": {**_UNET_TUNE, "args": ["--set", "band_weight=10"]},
     "unet-flux": {**_UNET_TUNE, "args": ["--set", "flux_weight=10"]},
     "unet-all": {
         **_UNET_TUNE,
-        "args": [
+        "args": _MCAL
+        + [
             "--set",
-            "shear_weight=0.1",
+            "shear_weight=10",
             "--set",
-            "psf_weight=10",
+            "psf_weight=0.01",
             "--set",
             "band_weight=10",
             "--set",
             "flux_weight=10",
+            "--set",
+            "noiseless_weight=1",
         ],
     },  # fmt: skip
 }

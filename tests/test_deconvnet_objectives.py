@@ -94,18 +94,33 @@ def _train(tmp_path, name, objective, epochs=2, **kw):
 
 
 @pytest.mark.parametrize(
-    "term", ["shear_weight", "psf_weight", "band_weight", "flux_weight"], ids=["shear", "psf", "band", "flux"]
+    "term, space, target",
+    [
+        ("shear_weight", "pixels", "truth"),
+        ("psf_weight", "pixels", "truth"),
+        ("shear_weight", "metacal", "truth"),
+        ("psf_weight", "metacal", "truth"),
+        ("shear_weight", "pixels", "output"),
+        ("psf_weight", "pixels", "output"),
+        ("shear_weight", "metacal", "output"),
+        ("psf_weight", "metacal", "output"),
+        ("band_weight", "pixels", "truth"),
+        ("flux_weight", "pixels", "truth"),
+        ("noiseless_weight", "pixels", "truth"),
+    ],
+    ids=lambda v: str(v).removesuffix("_weight"),
 )
-def test_each_objective_term_trains_and_is_recorded(tmp_path, term):
-    objective = UNetObjective(**{term: 1.0})
-    result = _train(tmp_path, term, objective)
+def test_each_objective_term_trains_and_is_recorded(tmp_path, term, space, target):
+    objective = UNetObjective(**{term: 1.0}, equivariance_space=space, equivariance_target=target)
+    term_dir = f"{term}-{space}-{target}"
+    result = _train(tmp_path, term_dir, objective)
     first, last = result["history"][0], result["history"][-1]
     key = term.removesuffix("_weight")
     assert set(first["train_terms"]) >= {"pixel", key, "total"}
     assert np.isfinite(last["train_loss"]) and first["train_terms"][key] > 0
-    _, _, meta = load_weights(tmp_path / term / "best.npz")
-    assert meta["objective"][term] == 1.0
-    again = _train(tmp_path, term + "-again", objective)  # deterministic, views included
+    _, _, meta = load_weights(tmp_path / term_dir / "best.npz")
+    assert meta["objective"][term] == 1.0 and meta["objective"]["equivariance_space"] == space
+    again = _train(tmp_path, term_dir + "-again", objective)  # deterministic, views included
     assert [h["train_loss"] for h in again["history"]] == [h["train_loss"] for h in result["history"]]
 
 
@@ -143,6 +158,23 @@ def test_the_shear_term_makes_the_output_more_equivariant(tmp_path):
     assert equivariance_error(tmp_path / "shear" / "best.npz") < equivariance_error(tmp_path / "pixel" / "best.npz")
 
 
+def test_weighted_ellipticity_of_a_gaussian_is_the_analytic_one():
+    """Gaussian-weighted moments of an elliptical Gaussian (covariance C) are those of the
+    Gaussian with covariance (C⁻¹ + I/σ_w²)⁻¹."""
+    from deconvbench_baselines.deconvnet.objectives import _weighted_ellipticity
+
+    n, sigma_w = 64, 4.0
+    cov = np.array([[9.0, 2.0], [2.0, 5.0]])  # (x, y) in pixels²
+    y, x = np.mgrid[:n, :n] - n // 2
+    inv = np.linalg.inv(cov)
+    image = np.exp(-0.5 * (inv[0, 0] * x**2 + 2 * inv[0, 1] * x * y + inv[1, 1] * y**2))
+    w = np.linalg.inv(inv + np.eye(2) / sigma_w**2)
+    want = np.array([w[0, 0] - w[1, 1], 2 * w[0, 1]]) / (w[0, 0] + w[1, 1])
+    centre = torch.full((1, 2), float(n // 2), dtype=torch.float64)
+    got = _weighted_ellipticity(torch, torch.from_numpy(image[None]), centre, sigma_w)[0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-10)
+
+
 def test_init_weights_fine_tunes_from_a_model(tmp_path):
     _train(tmp_path, "base", UNetObjective(), epochs=1)
     base, _, _ = load_weights(tmp_path / "base" / "best.npz")
@@ -166,6 +198,10 @@ def test_bad_objectives_are_refused(tmp_path):
         UNetObjective(shear_max=0.5)
     with pytest.raises(ValueError, match="shear_norm"):
         UNetObjective(shear_norm="pixel")
+    with pytest.raises(ValueError, match="equivariance_space"):
+        UNetObjective(equivariance_space="fourier")
+    with pytest.raises(ValueError, match="equivariance_target"):
+        UNetObjective(equivariance_target="model")
     pytest.importorskip("jax")
     with pytest.raises(ValueError, match="framework torch"):
         train("jax", TINY, lambda e: iter(TRAIN), lambda: iter(VAL), epochs=1, out_dir=tmp_path / "j",
