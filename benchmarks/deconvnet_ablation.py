@@ -64,6 +64,11 @@ VARIANTS: dict[str, dict] = {
     # Γ-reconvolved wmom ellipticity, both outputs differentiated
     "unet-shear-mcal": {**_UNET_TUNE, "args": _MCAL + ["--set", "shear_weight=10"]},
     "unet-psf-mcal": {**_UNET_TUNE, "args": _MCAL + ["--set", "psf_weight=0.01"]},
+    "unet-psf-mcal-anchored": {
+        **_UNET_TUNE,
+        "args": _MCAL + ["--set", "psf_weight=0.01", "--set", "noiseless_weight=1"],
+    },
+    "unet-noiseless": {**_UNET_TUNE, "args": ["--set", "noiseless_weight=1"]},
     "unet-band": {**_UNET_TUNE, "args": ["--set", "band_weight=10"]},
     "unet-flux": {**_UNET_TUNE, "args": ["--set", "flux_weight=10"]},
     "unet-all": {

@@ -72,3 +72,29 @@ def test_a_missing_benchmarked_method_fails_loudly():
         data.benchmarked_method("no-such-method")
     with pytest.raises(RuntimeError, match="missing"):
         _bench("bench_deconvolve").Deconvolve().setup("unused", 256, "no-such-method")
+
+
+def test_ablation_variants_build_valid_train_commands(tmp_path):
+    """Every variant of the DeconvNet/DeconvFilter ablation names a registered method and
+    only options its trainer accepts (a typo would fail hours into an ablation run)."""
+    import argparse
+    import importlib
+
+    from deconvbench_baselines.deconvnet.config import DeconvNetConfig
+    from deconvbench_baselines.deconvnet.filter_model import FilterConfig
+    from deconvbench_baselines.deconvnet.losses import LossWeights
+    from deconvbench_baselines.deconvnet.objectives import UNetObjective
+
+    ablation = importlib.import_module("benchmarks.deconvnet_ablation")
+    args = argparse.Namespace(out=tmp_path, dataset="ground-v2", n_train=4000, n_val=1000, epochs=2,
+                              batch_size=32, lr=1e-2, device="cpu", threads=1)  # fmt: skip
+    for name, variant in ablation.VARIANTS.items():
+        method, cmd = ablation.train_command(name, args)
+        assert method == variant["method"] and cmd[cmd.index("--out") + 1] == str(tmp_path / name)
+        options = dict(cmd[i + 1].split("=", 1) for i, word in enumerate(cmd) if word == "--set")
+        if method == "deconvfilter":
+            allowed = set(FilterConfig.__dataclass_fields__) | set(LossWeights.__dataclass_fields__)
+        else:
+            allowed = set(DeconvNetConfig.__dataclass_fields__) | UNetObjective.keys()
+            UNetObjective(**{k: (v if not v.replace(".", "").isdigit() else float(v)) for k, v in options.items()})
+        assert set(options) <= allowed, name
