@@ -35,12 +35,13 @@ def test_sections_of_the_committed_results():
         "cosmos-v2 v2 — test",
         "ground-v2 v2 — test",
         "space-v2 v2 — test",
+        "superbit-v2 v2 — test",
         "metacal-space v1 — metacal splits leakage, noiseless, snr20, snr50",
         "metacal-v2 v2 — metacal splits leakage, noiseless, snr20, snr50",
     ]
-    assert [len(s.results) for s in sections] == [5, 7, 5, 12, 21]
-    _, ground, _, space, metacal = sections
-    assert sorted(bias_series(space, "m")) == ["fft", "galsim-mcal", "wiener"]
+    assert [len(s.results) for s in sections] == [6, 7, 6, 6, 16, 21]
+    _, ground, _, _, space, metacal = sections
+    assert sorted(bias_series(space, "m")) == ["deconvfilter out-of-family", "fft", "galsim-mcal", "wiener"]
     wiener = json.loads((REPO / "results" / "ground-v2-v2_test_wiener.json").read_text())
     nmse = metric_series(ground, "nmse")
     assert [label for label, _ in nmse["wiener"]] == ["10", "20", "40", "80", "200", "noiseless"]
@@ -71,13 +72,13 @@ def test_pick_stamps_spreads_over_snr_levels():
 
 def test_report_from_committed_results_without_gallery(tmp_path):
     made = build_report(REPO / "results", tmp_path / "a", gallery=False)
-    assert made.sections == 5 and len(made.figures) == 12
+    assert made.sections == 6 and len(made.figures) == 14
     page = made.path.read_text()
-    assert page.count('<img alt="') == 12 and page.count("data:image/png;base64,") == 12
+    assert page.count('<img alt="') == 14 and page.count("data:image/png;base64,") == 14
     for path in (REPO / "results").glob("*.json"):
         # runs with a PSF-model error are in the leaderboard's robustness section only
         assert (path.name in page) != ("_psferr-" in path.name)
-    assert page.count("<h3>Failures</h3>") == 5 and "Pareto front" in page
+    assert page.count("<h3>Failures</h3>") == 6 and "Pareto front" in page
     assert all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in made.figures)
 
 
