@@ -69,6 +69,11 @@ VARIANTS: dict[str, dict] = {
         "args": _MCAL + ["--set", "psf_weight=0.01", "--set", "noiseless_weight=1"],
     },
     "unet-noiseless": {**_UNET_TUNE, "args": ["--set", "noiseless_weight=1"]},
+    "unet-shear3-mcal": {**_UNET_TUNE, "args": _MCAL + ["--set", "shear_weight=3"]},
+    "unet-shear-psf-mcal": {
+        **_UNET_TUNE,
+        "args": _MCAL + ["--set", "shear_weight=10", "--set", "psf_weight=0.1", "--set", "noiseless_weight=1"],
+    },
     "unet-band": {**_UNET_TUNE, "args": ["--set", "band_weight=10"]},
     "unet-flux": {**_UNET_TUNE, "args": ["--set", "flux_weight=10"]},
     "unet-all": {
@@ -165,7 +170,7 @@ def markdown(rows: dict[str, dict]) -> str:
         ["variant"]
         + [f"NMSE {s}" for s in SNRS]
         + [f"\\|Δe\\| {s}" for s in SNRS]
-        + ["m noiseless", "m SNR 50", "m SNR 20", "c SNR 50", "α", "stamps/s"]
+        + ["m noiseless", "m SNR 50", "m SNR 20", "c noiseless", "c SNR 50", "c SNR 20", "α", "stamps/s"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, r in rows.items():
@@ -176,7 +181,8 @@ def markdown(rows: dict[str, dict]) -> str:
         mc = {split: r.get(split) or none for split in MCAL_SPLITS}  # absent: no metacal card measured
         for split in ("noiseless", "snr50", "snr20"):
             cells.append(_pm(mc[split]["m"], mc[split]["m_err"], "+.2e"))
-        cells.append(_pm(mc["snr50"]["c"], mc["snr50"]["c_err"], "+.1e"))
+        for split in ("noiseless", "snr50", "snr20"):
+            cells.append(_pm(mc[split]["c"], mc[split]["c_err"], "+.1e"))
         cells.append(_pm(mc["leakage"]["alpha"], mc["leakage"]["alpha_err"], "+.2e"))
         cells.append(_fmt(r["stamps_per_s"], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
