@@ -17,7 +17,7 @@ from deconvbench import fourier as F
 from deconvbench.errors import MethodError
 from deconvbench.methods import Batch
 
-from .plugin import WEIGHTS_DIR, _sha256, check_trained_geometry, training_domain_of
+from .plugin import WEIGHTS_DIR, _sha256, check_trained_geometry, out_of_family_opt_in, training_domain_of
 
 DEFAULT_DATASET = "ground-v2"
 
@@ -45,11 +45,7 @@ class DeconvFilterTorch:
         from .device import device_label, torch_device
         from .filter_model import build_torch_model, flat_to_torch_state, load_filter_weights
 
-        if not isinstance(allow_out_of_family, bool):
-            raise MethodError(f"allow_out_of_family must be true or false, got {allow_out_of_family!r}")
-        # explicit opt-in: run on data whose pixel scale or target differ from the training
-        # data's (the result is then marked out-of-family, see training_domain)
-        self.allow_out_of_family = allow_out_of_family
+        self.allow_out_of_family = out_of_family_opt_in(allow_out_of_family)
 
         try:
             self.batch_size = int(batch_size)

@@ -170,46 +170,38 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
     return f"best epoch {summary['best_epoch']}: val NMSE {summary['best_val_nmse']}; weights {summary['best_path']}"
 
 
-def _split_deconvnet_options(options: dict):
-    """``model_options`` → (DeconvNetConfig, UNetObjective); UsageError on unknown keys."""
-    from .config import DeconvNetConfig
-    from .objectives import UNetObjective
-
-    config_keys = set(DeconvNetConfig.__dataclass_fields__)
-    objective_keys = UNetObjective.keys()
-    unknown = set(options) - config_keys - objective_keys
-    if unknown:
-        raise UsageError(
-            f"unknown DeconvNet option(s): {', '.join(sorted(unknown))} "
-            f"(config: {', '.join(sorted(config_keys))}; objective: {', '.join(sorted(objective_keys))})"
-        )
-    try:
-        config = DeconvNetConfig(**{k: v for k, v in options.items() if k in config_keys})
-        objective = UNetObjective(**{k: v for k, v in options.items() if k in objective_keys})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad DeconvNet options: {exc}") from None
-    return config, objective
-
-
-def _split_filter_options(options: dict):
-    """``model_options`` → (FilterConfig, LossWeights); UsageError on unknown keys."""
-    from .filter_model import FilterConfig
-    from .losses import LossWeights
-
-    config_keys = set(FilterConfig.__dataclass_fields__)
-    loss_keys = set(LossWeights.__dataclass_fields__)
+def _split_options(options: dict, model: str, config_cls, loss_label: str, loss_cls):
+    """``model_options`` → (config_cls instance, loss_cls instance), each taking its own keys;
+    one UsageError line for unknown keys or bad values."""
+    config_keys, loss_keys = set(config_cls.__dataclass_fields__), set(loss_cls.__dataclass_fields__)
     unknown = set(options) - config_keys - loss_keys
     if unknown:
         raise UsageError(
-            f"unknown DeconvFilter option(s): {', '.join(sorted(unknown))} "
-            f"(config: {', '.join(sorted(config_keys))}; loss: {', '.join(sorted(loss_keys))})"
+            f"unknown {model} option(s): {', '.join(sorted(unknown))} "
+            f"(config: {', '.join(sorted(config_keys))}; {loss_label}: {', '.join(sorted(loss_keys))})"
         )
     try:
-        config = FilterConfig(**{k: v for k, v in options.items() if k in config_keys})
-        weights = LossWeights(**{k: v for k, v in options.items() if k in loss_keys})
+        config = config_cls(**{k: v for k, v in options.items() if k in config_keys})
+        loss = loss_cls(**{k: v for k, v in options.items() if k in loss_keys})
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad DeconvFilter options: {exc}") from None
-    return config, weights
+        raise UsageError(f"bad {model} options: {exc}") from None
+    return config, loss
+
+
+def _split_deconvnet_options(options: dict):
+    """``model_options`` → (DeconvNetConfig, UNetObjective)."""
+    from .config import DeconvNetConfig
+    from .objectives import UNetObjective
+
+    return _split_options(options, "DeconvNet", DeconvNetConfig, "objective", UNetObjective)
+
+
+def _split_filter_options(options: dict):
+    """``model_options`` → (FilterConfig, LossWeights)."""
+    from .filter_model import FilterConfig
+    from .losses import LossWeights
+
+    return _split_options(options, "DeconvFilter", FilterConfig, "loss", LossWeights)
 
 
 def train_filter_request(request: TrainingRequest, progress: Callable, notify: Callable[[str], None]) -> str:

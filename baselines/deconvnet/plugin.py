@@ -80,6 +80,15 @@ def shipped_weights_for(prefix: str, pixel_scale, target_fwhm) -> list[str]:
     return found
 
 
+def out_of_family_opt_in(value) -> bool:
+    """The ``allow_out_of_family`` option: an explicit opt-in to run on data whose pixel scale
+    or target differ from the training data's (the result is then marked out-of-family, see
+    ``training_domain``); MethodError unless a bool."""
+    if not isinstance(value, bool):
+        raise MethodError(f"allow_out_of_family must be true or false, got {value!r}")
+    return value
+
+
 def check_trained_geometry(name: str, weights_path: Path, metadata: dict, batch: Batch, prefix: str = "") -> None:
     """Raise :class:`MethodError` when ``batch``'s pixel scale or target FWHM differ from those
     the weights were trained for (where the metadata records them). With ``prefix`` (the
@@ -113,11 +122,7 @@ class _DeconvNetBase:
         device: str = "auto",
         allow_out_of_family: bool = False,
     ):
-        if not isinstance(allow_out_of_family, bool):
-            raise MethodError(f"allow_out_of_family must be true or false, got {allow_out_of_family!r}")
-        # explicit opt-in: run on data whose pixel scale or target differ from the training
-        # data's (the result is then marked out-of-family, see training_domain)
-        self.allow_out_of_family = allow_out_of_family
+        self.allow_out_of_family = out_of_family_opt_in(allow_out_of_family)
         try:
             self.batch_size = int(batch_size)
         except (TypeError, ValueError):
