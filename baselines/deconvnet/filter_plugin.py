@@ -17,7 +17,14 @@ from deconvbench import fourier as F
 from deconvbench.errors import MethodError
 from deconvbench.methods import Batch
 
-from .plugin import WEIGHTS_DIR, _sha256, check_trained_geometry, out_of_family_opt_in, training_domain_of
+from .plugin import (
+    WEIGHTS_DIR,
+    _sha256,
+    batch_size_option,
+    check_trained_geometry,
+    out_of_family_opt_in,
+    training_domain_of,
+)
 
 DEFAULT_DATASET = "ground-v2"
 
@@ -46,13 +53,7 @@ class DeconvFilterTorch:
         from .filter_model import build_torch_model, flat_to_torch_state, load_filter_weights
 
         self.allow_out_of_family = out_of_family_opt_in(allow_out_of_family)
-
-        try:
-            self.batch_size = int(batch_size)
-        except (TypeError, ValueError):
-            self.batch_size = 0
-        if self.batch_size < 1:
-            raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = batch_size_option(batch_size)
         self.name = "deconvfilter"
         path = default_filter_weights_path(dataset) if weights is None else Path(weights).expanduser()
         if not path.exists():

@@ -88,8 +88,10 @@ def train_deconvnet(framework: str, request: TrainingRequest, progress: Callable
 
     framework_device(framework, request.device)  # refuse a missing GPU before generating data
     config, objective = _split_deconvnet_options(request.model_options)
-    if objective.extra_terms and framework != "torch":
-        raise UsageError("training objectives beyond pixel_weight need --framework torch (JAX trains the pixel loss)")
+    try:
+        objective.check_framework(framework)  # before any data is generated
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if objective.init_weights is not None:
         from pathlib import Path
 

@@ -106,6 +106,13 @@ class UNetObjective:
             if not 0 <= getattr(self, name) <= 0.2:
                 raise ValueError(f"{name} must be in [0, 0.2], got {getattr(self, name)!r}")
 
+    def check_framework(self, framework: str) -> None:
+        """ValueError when terms beyond the pixel loss are asked of a framework other than torch."""
+        if self.extra_terms and framework != "torch":
+            raise ValueError(
+                "training objectives beyond pixel_weight need --framework torch (JAX trains the pixel loss)"
+            )
+
     @property
     def extra_terms(self) -> bool:
         """True when any term beyond the pixel loss is on."""
@@ -158,17 +165,11 @@ def random_shear(rng: np.random.Generator, g_max: float, g_min: float = 0.0) -> 
 
 
 # -- one training step (PyTorch) --------------------------------------------------------------
-def _nmse(torch, a, b):
-    num = ((a - b) ** 2).reshape(len(a), -1).sum(dim=1)
-    den = (b**2).reshape(len(b), -1).sum(dim=1).clamp_min(1e-30)
-    return (num / den).mean()
-
-
 def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObjective, geometry: dict) -> dict:
     """One optimizer step of the torch backend on the weighted objective; returns the
     float value of each term and ``total``. ``geometry``: ``pixel_scale_arcsec``,
     ``target_fwhm_arcsec`` of the training data."""
-    from .losses import band_loss, flux_loss
+    from .losses import band_loss, equivariance_loss, flux_loss
     from .normalise import normalise, normalise_target
 
     torch = backend.torch
@@ -179,30 +180,31 @@ def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObj
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
     def forward(obs, psf_stamps, noise_sigma):
-        """Output in flux units (the normalised output times the stamp's scale)."""
+        """(normalised output, per-stamp scale s); the output in flux units is their product."""
         x, psf_in, noise_in, s = normalise(obs, psf_stamps, noise_sigma)
-        return model(tensor(x), tensor(psf_in), tensor(noise_in)) * tensor(s)[:, None, None], (x, psf_in, noise_in, s)
+        return model(tensor(x), tensor(psf_in), tensor(noise_in)), s
+
+    def flux_units(normalised, s):
+        return normalised * tensor(s)[:, None, None]
 
     model.train()
     backend.optimizer.zero_grad(set_to_none=True)
     terms = {}
-    pred, (x, psf_in, noise_in, s) = forward(observed, psf, sigma)
-    target = tensor(normalise_target(truth, s))
-    terms["pixel"] = torch.mean((pred / tensor(s)[:, None, None] - target) ** 2)
+    pred, s = forward(observed, psf, sigma)
+    terms["pixel"] = torch.mean((pred - tensor(normalise_target(truth, s))) ** 2)
     total = objective.pixel_weight * terms["pixel"]
 
     noiseless_sigma = np.zeros_like(sigma)
-    base = None
     if objective.extra_terms:
         obs0 = observe_from_truth(truth, psf, scale_arcsec, target_fwhm)
         paired = objective.equivariance_target == "truth" and bool(objective.shear_weight or objective.psf_weight)
         differentiate = paired or bool(objective.band_weight or objective.flux_weight or objective.noiseless_weight)
         with torch.set_grad_enabled(differentiate):
-            base, base_norm = forward(obs0, psf, noiseless_sigma)
+            base_normalised, s0 = forward(obs0, psf, noiseless_sigma)
+            base = flux_units(base_normalised, s0)
         base_np = base.detach().cpu().numpy().astype(np.float64)
     if objective.noiseless_weight:  # the pixel loss on the noiseless stamp the other terms start from
-        scale0 = tensor(base_norm[3])[:, None, None]
-        terms["noiseless"] = torch.mean((base / scale0 - tensor(normalise_target(truth, base_norm[3]))) ** 2)
+        terms["noiseless"] = torch.mean((base_normalised - tensor(normalise_target(truth, s0))) ** 2)
         total = total + objective.noiseless_weight * terms["noiseless"]
     n = truth.shape[-1]
     N = F.padded_size(n, PAD)
@@ -239,7 +241,7 @@ def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObj
         g1, g2 = random_shear(rng, objective.shear_max, objective.shear_max / 2)
         truth_g = shear_under_target(truth, g1, g2, scale_arcsec, target_fwhm)
         obs_g = observe_from_truth(truth_g, psf, scale_arcsec, target_fwhm)
-        got, _ = forward(obs_g, psf, noiseless_sigma)
+        got = flux_units(*forward(obs_g, psf, noiseless_sigma))
         if metacal and to_truth:  # response matching: Δe of the outputs = Δe of the truths, over |g|
             d_true = ellipticity(torch.from_numpy(truth_g).to(device), centre) - ellipticity(truth_t, centre)
             d_out = ellipticity(got.double(), centre) - e_base
@@ -268,7 +270,7 @@ def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObj
         psf2 = shear_images(other, e1, e2, pad_factor=PAD)
         psf2 = psf2 / psf2.sum(axis=(-2, -1), keepdims=True)
         obs2 = observe_from_truth(truth, psf2, scale_arcsec, target_fwhm)
-        got, _ = forward(obs2, psf2, noiseless_sigma)
+        got = flux_units(*forward(obs2, psf2, noiseless_sigma))
         if metacal:  # leakage²: output ellipticity change over PSF ellipticity change (both read alike)
             psf_pair = torch.from_numpy(np.concatenate([np.asarray(psf, np.float64), psf2])).to(device)
             psf_centre = torch.full((2 * len(psf), 2), float(n // 2), dtype=torch.float64, device=device)
@@ -280,7 +282,7 @@ def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObj
             truth_energy = tensor((np.asarray(truth, np.float64) ** 2).reshape(len(truth), -1).sum(axis=1))
             residual = ((got - reference) ** 2).reshape(len(got), -1).sum(dim=1)
             terms["psf"] = (
-                (residual / truth_energy.clamp_min(1e-30)).mean() if to_truth else _nmse(torch, got, reference)
+                (residual / truth_energy.clamp_min(1e-30)).mean() if to_truth else equivariance_loss(got, reference)
             )
         total = total + objective.psf_weight * terms["psf"]
     total.backward()
@@ -293,10 +295,9 @@ def objective_step(backend, rng, observed, psf, sigma, truth, objective: UNetObj
 def _reconvolved(torch, images, band, N: int):
     """``images ⊗ Γ/T`` (float64, cropped back to n): what metacal measures, the deconvolved
     image reconvolved with this stamp's Γ (``band`` = Γ~/T~ on the padded rfft grid)."""
-    n = images.shape[-1]
-    spec = torch.fft.rfft2(_pad(torch, images.double(), N)) * band
-    lo = N // 2 - n // 2
-    return torch.fft.irfft2(spec, s=(N, N))[:, lo : lo + n, lo : lo + n]
+    from .filter_model import to_stamps
+
+    return to_stamps(torch.fft.rfft2(_pad(torch, images.double(), N)) * band, N, images.shape[-1])
 
 
 def _grid(torch, images):

@@ -80,6 +80,17 @@ def shipped_weights_for(prefix: str, pixel_scale, target_fwhm) -> list[str]:
     return found
 
 
+def batch_size_option(value) -> int:
+    """The ``batch_size`` option as an int ≥ 1; MethodError otherwise."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        size = 0
+    if size < 1:
+        raise MethodError(f"batch_size must be an integer >= 1, got {value!r}")
+    return size
+
+
 def out_of_family_opt_in(value) -> bool:
     """The ``allow_out_of_family`` option: an explicit opt-in to run on data whose pixel scale
     or target differ from the training data's (the result is then marked out-of-family, see
@@ -123,12 +134,7 @@ class _DeconvNetBase:
         allow_out_of_family: bool = False,
     ):
         self.allow_out_of_family = out_of_family_opt_in(allow_out_of_family)
-        try:
-            self.batch_size = int(batch_size)
-        except (TypeError, ValueError):
-            self.batch_size = 0
-        if self.batch_size < 1:
-            raise MethodError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = batch_size_option(batch_size)
         from .device import device_label, framework_device
 
         self.name = f"deconvnet-{self.framework}"

@@ -330,8 +330,7 @@ def train(
     from .objectives import UNetObjective
 
     objective = UNetObjective() if objective is None else objective
-    if objective.extra_terms and framework != "torch":
-        raise ValueError("training objectives beyond pixel_weight need --framework torch (JAX trains the pixel loss)")
+    objective.check_framework(framework)
     if objective.extra_terms and not {"pixel_scale_arcsec", "target_fwhm_arcsec"} <= set(metadata or {}):
         raise ValueError(
             "training objectives beyond pixel_weight need the data's pixel_scale_arcsec and target_fwhm_arcsec"
