@@ -166,7 +166,9 @@ def newton_recentre_step(f, sx, sy, sxx, syy, sxy, sig2: float, xp=np, centring:
         raise ValueError(f"centring must be one of {', '.join(CENTRING_STEPS)}, got {centring!r}")
     step_x = xp.where(newton, (jyy * mx - jxy * my) / safe, fallback_x)
     step_y = xp.where(newton, (jxx * my - jxy * mx) / safe, fallback_y)
-    return xp.clip(xp.nan_to_num(step_x), -1.0, 1.0), xp.clip(xp.nan_to_num(step_y), -1.0, 1.0)
+    # NaN → 0, ±inf → ±1 (the clip of nan_to_num's ±max float, in fewer array operations)
+    step_x, step_y = xp.clip(step_x, -1.0, 1.0), xp.clip(step_y, -1.0, 1.0)
+    return xp.where(step_x == step_x, step_x, 0.0), xp.where(step_y == step_y, step_y, 0.0)
 
 
 def recentred_round_weight(
@@ -202,25 +204,29 @@ def recentred_round_weight(
         cx[:], cy[:] = np.nan_to_num(start[0], nan=x0), np.nan_to_num(start[1], nan=y0)
     out["flags"][~finite] |= FLAG_NONFINITE
     active = np.flatnonzero(finite)
-    sums = [np.full(b, np.nan) for _ in range(6)]
+    sums = np.full((6, b), np.nan)
+    flags, n_iter = out["flags"], out["n_iter"]
     for it in range(1, (max_iter if recentre else 1) + 1):
         if active.size == 0:
             break
-        s = sums_fn(active, cx[active], cy[active])
-        for target, value in zip(sums, s, strict=True):
-            target[active] = value
-        out["n_iter"][active] = it
+        cx_active, cy_active = cx[active], cy[active]
+        s = sums_fn(active, cx_active, cy_active)
+        sums[:, active] = s
+        n_iter[active] = it
         bad_flux = ~(s[0] > 0)
-        out["flags"][active[bad_flux]] |= FLAG_NONPOSITIVE_FLUX
+        if bad_flux.any():
+            flags[active[bad_flux]] |= FLAG_NONPOSITIVE_FLUX
         if not recentre:
             break
         with np.errstate(invalid="ignore", divide="ignore"):
             step_x, step_y = newton_recentre_step(*s, sig2, centring=centring)
         done = (np.abs(step_x) < tol) & (np.abs(step_y) < tol)
-        cx[active] += np.where(done, 0.0, step_x)
-        cy[active] += np.where(done, 0.0, step_y)
-        far = np.hypot(cx[active] - x0, cy[active] - y0) > max_shift
-        out["flags"][active[far]] |= FLAG_CENTROID_SHIFT
+        cx_active += np.where(done, 0.0, step_x)
+        cy_active += np.where(done, 0.0, step_y)
+        cx[active], cy[active] = cx_active, cy_active
+        far = np.hypot(cx_active - x0, cy_active - y0) > max_shift
+        if far.any():
+            flags[active[far]] |= FLAG_CENTROID_SHIFT
         active = active[~(done | bad_flux | far)]
     if recentre and active.size:
         out["flags"][active] |= FLAG_NOT_CONVERGED

@@ -12,7 +12,7 @@ import pytest
 
 from deconvbench.harness import run_method
 from deconvbench.metacal.estimators import wmom
-from deconvbench.metacal.fourier_wmom import galaxy_spectrum, metacal_wmom
+from deconvbench.metacal.fourier_wmom import frequency_indices, galaxy_spectrum, metacal_wmom, phase_table
 from deconvbench.metacal.measure import MetacalConfig, measure_deconvolved
 from deconvbench.metacal.psf_fit import reconv_fwhm
 from deconvbench.metacal.shear_ops import METACAL_TYPES, metacal_images
@@ -102,6 +102,21 @@ def test_failed_stamps_are_flagged_like_the_image_route():
     assert np.array_equal(fourier["flags"], image["flags"]) and fourier["flags"][0] == 0
     assert np.all(fourier["flags"][1:] != 0) and np.isnan(fourier["e1"][1:]).all()
     assert fourier["R11"][0] == pytest.approx(image["R11"][0], rel=1e-10)
+
+
+@pytest.mark.parametrize("size", [48, 49, 96])
+def test_phase_table_equals_the_direct_exponential(size):
+    """The integer-power phases of the sums equal exp(2πi k s/N) on every rfft row and column
+    (negative frequencies included) to 1e-13, for shifts across and beyond the grid."""
+    rng = np.random.default_rng(3)
+    shifts = np.concatenate([rng.uniform(-4, size + 4, 64), [0.0, size / 2, -0.5]])
+    for frequencies in frequency_indices(size):
+        table = phase_table(shifts, frequencies.astype(complex), size)
+        direct = np.exp(2j * np.pi * np.outer(shifts, frequencies) / size)
+        assert table.shape == (len(shifts), len(frequencies))
+        assert np.abs(table - direct).max() < 1e-13
+    ky, kx = frequency_indices(size)
+    assert ky.min() == -(size // 2) and kx.max() == size // 2
 
 
 def test_route_is_validated():
