@@ -3,7 +3,9 @@
 Run: ``python benchmarks/generation_rates.py ground-v2:4096 space-v2:2048 --workers 1 2``.
 Generates the first N stamps of each card's first split into a temporary folder and
 prints one line per (card, workers): stamps/s (wall clock of ``generate``, process
-start-up included) and peak resident memory of the busiest process (MB).
+start-up included), peak resident memory of the busiest process (MB) and the CPU seconds
+of the main process (rendering with 1 worker; hashing, compressing and writing) and of the
+worker processes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ card = load_card(sys.argv[1]); split = next(iter(card.splits))
 t0 = time.perf_counter()
 report = generate(card, split, sys.argv[2], n=int(sys.argv[3]), workers=int(sys.argv[4]))
 seconds = time.perf_counter() - t0
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+usage_self = resource.getrusage(resource.RUSAGE_SELF)
+usage_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+own, kids = usage_self.ru_maxrss / 1024, usage_kids.ru_maxrss / 1024
 print(json.dumps(dict(card=card.name, split=split, n=report.n, workers=report.workers,
                       seconds=seconds, rate=report.n / seconds, checksum=report.checksum,
-                      main_mb=own, worker_mb=kids if report.workers > 1 else own)))
+                      main_mb=own, worker_mb=kids if report.workers > 1 else own,
+                      main_cpu_s=usage_self.ru_utime + usage_self.ru_stime,
+                      workers_cpu_s=usage_kids.ru_utime + usage_kids.ru_stime)))
 """
 
 
