@@ -17,7 +17,9 @@ With ``--processes P`` the rows that matter for the throughput contract (fft in 
 and float32, galsim-mcal) run instead in P processes at once, each with one BLAS/FFT thread
 (as the executors' workers run) on its 1/P share of the same stamps, in calls of 256 stamps
 (the harness's batch size), started together at a barrier: the rate is all stamps over
-the wall time of the slowest process, best of REPEATS rounds.
+the wall time of the slowest process, best of REPEATS rounds. A round runs every row once
+(rows interleaved), and the ratio to galsim-mcal is also given per round (median and range):
+on shared cores the machine's speed drifts between rounds by up to ±25 %.
 """
 
 from __future__ import annotations
@@ -215,9 +217,10 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
         f"FFT floor (rfft2 + irfft2 of {deconv}², rfft2 of {n}²)": fft_floor,
     }
     seconds = {name: [] for name in flows}
-    for name, fn in flows.items():
+    for fn in flows.values():
         fn()  # warm caches
-        for _ in range(repeats):
+    for _ in range(repeats):  # rounds: every flow once, so that a round's ratios are seconds apart
+        for name, fn in flows.items():
             barrier.wait()
             t0 = time.perf_counter()
             fn()
@@ -247,17 +250,21 @@ def main_processes(n_batched: int, n_galsim: int, repeats: int, processes: int) 
         f"best of {repeats} rounds; "
         f"{os.cpu_count()} CPUs, load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
-    rates = {}
+    rates, round_rates = {}, {}
     for name in results[0]:
-        wall = min(max(results[rank][name][r] for rank in results) for r in range(repeats))
+        walls = [max(results[rank][name][r] for rank in results) for r in range(repeats)]
         count = counts.get(name, n_batched // 4 // processes * 4 * processes)
-        rates[name] = count / wall
-        print(f"{name:62s} {rates[name]:10.1f} gal/s {1e3 * wall / count:9.4f} ms/gal (wall, all processes)")
+        rates[name], round_rates[name] = count / min(walls), [count / wall for wall in walls]
+        print(f"{name:62s} {rates[name]:10.1f} gal/s {1e3 * min(walls) / count:9.4f} ms/gal (wall, all processes)")
     galsim = rates["galsim-mcal + wmom"]
     floor = next(rate for name, rate in rates.items() if name.startswith("FFT floor"))
     for name in (name for name in rates if name.startswith("fft")):
+        # the same round's rates are measured seconds apart: their ratio is steadier than
+        # the ratio of best rates, which may come from different rounds
+        ratios = sorted(a / b for a, b in zip(round_rates[name], round_rates["galsim-mcal + wmom"], strict=True))
         print(
-            f"{name}: {rates[name]:.0f} gal/s on {processes} processes = {rates[name] / galsim:.1f}x galsim-mcal; "
+            f"{name}: {rates[name]:.0f} gal/s on {processes} processes = {rates[name] / galsim:.1f}x galsim-mcal "
+            f"(per round: median {ratios[len(ratios) // 2]:.1f}x, {ratios[0]:.1f}-{ratios[-1]:.1f}x); "
             f"{floor / rates[name]:.2f}x the FFT floor's time"
         )
 
