@@ -99,7 +99,15 @@ class FFTDeconvolver:
         dtype = np.float32 if self.precision == "float32" else np.float64
         spectrum = F.rfft2_padded(obs, N, dtype=dtype)
         unique, inverse = self._unique_transfer(batch, N)
-        spectrum *= unique.astype(spectrum.dtype, copy=False)[inverse]
+        unique = unique.astype(spectrum.dtype, copy=False)
+        per_psf = len(inverse) // max(len(unique), 1)
+        if per_psf * len(unique) == len(inverse) and np.array_equal(inverse, np.arange(len(inverse)) // per_psf):
+            # stamps of a PSF are consecutive runs of equal length (metacal groups): multiply
+            # in place by broadcasting, without a (B, N, N//2+1) copy of the transfer functions
+            grouped = spectrum.reshape((len(unique), per_psf) + spectrum.shape[1:])
+            grouped *= unique[:, None]
+        else:
+            spectrum *= unique[inverse]
         return F.irfft2_cropped(spectrum, N, n).astype(np.float64, copy=False)
 
     def transfer(self, batch: Batch, N: int) -> np.ndarray:

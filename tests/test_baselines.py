@@ -144,6 +144,25 @@ def test_fft_cut_options():
         FFTDeconvolver(cut="soft")
 
 
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_fft_shared_psfs_in_any_order_match_stamp_by_stamp(precision):
+    """Stamps sharing a PSF in consecutive runs (metacal groups: transfer functions
+    broadcast in place) and in any other order (gathered) give each stamp the numbers it
+    gets alone, to the bit."""
+    obs, _, psf = _stamps(48, 0.6, (0.6, 0.9), (0.2, 0.6), 12, 58)
+    grouped_psf = np.repeat(psf[:3], 4, axis=0)  # 3 PSFs, 4 consecutive stamps each
+    method = FFTDeconvolver(precision=precision)
+    alone = np.concatenate(
+        [method.deconvolve(_batch(obs[i : i + 1], grouped_psf[i : i + 1], 0.0, 0.6)) for i in range(12)]
+    )
+    assert np.array_equal(method.deconvolve(_batch(obs, grouped_psf, 0.0, 0.6)), alone)
+    order = np.random.default_rng(5).permutation(12)
+    shuffled = method.deconvolve(_batch(obs[order], grouped_psf[order], 0.0, 0.6))
+    assert np.array_equal(shuffled, alone[order])
+    uneven = [0, 1, 2, 3, 4, 5, 6, 7, 8]  # runs of 4, 4 and 1: not of equal length
+    assert np.array_equal(method.deconvolve(_batch(obs[uneven], grouped_psf[uneven], 0.0, 0.6)), alone[uneven])
+
+
 # -- wiener --------------------------------------------------------------------------
 
 
