@@ -160,15 +160,18 @@ def result_stem(
         stem += f"_n{n}"
     stem += _option_suffix(options or {})
     if metacal is not None:
-        if metacal.estimator != "wmom":
-            stem += f"_{metacal.estimator}"
-        if metacal.fixnoise:
-            stem += "_fixnoise"
-        if metacal.centring != "newton":
-            stem += f"_{metacal.centring}"
+        stem += metacal_suffix(metacal)
     if psf_error is not None:
         stem += f"_{psf_error.tag()}"
     return stem
+
+
+def metacal_suffix(metacal: MetacalConfig) -> str:
+    """The part of a result's file name that says how metacal measured (empty for the
+    defaults): ``_ESTIMATOR`` unless wmom, ``_fixnoise``, ``_CENTRING`` unless newton."""
+    suffix = "" if metacal.estimator == "wmom" else f"_{metacal.estimator}"
+    suffix += "_fixnoise" if metacal.fixnoise else ""
+    return suffix + ("" if metacal.centring == "newton" else f"_{metacal.centring}")
 
 
 def plan_outputs(

@@ -50,6 +50,7 @@ def bias_command(
     """Streaming m, c, alpha with bootstrap errors: render, deconvolve, metacal, sum (resumable)."""
     from ..bias import run_bias
     from ..cards import load_card
+    from ..harness import metacal_suffix
     from ..methods import load_method
     from ..tables import bias_table
 
@@ -58,9 +59,7 @@ def bias_command(
     method_options = parse_options(option, [method]).get(method, {})
     card_obj = load_card(card)
     card_obj.split(split)
-    suffix = ("_fixnoise" if fixnoise else "") + ("" if estimator == "wmom" else f"_{estimator}")
-    suffix += "" if centring == "newton" else f"_{centring}"
-    out = out or Path("out") / f"bias_{method}{suffix}_{card_obj.name}_{split}_n{n}.json"
+    out = out or Path("out") / f"bias_{method}{metacal_suffix(config)}_{card_obj.name}_{split}_n{n}.json"
     deconvolver = load_method(method, **method_options)
     with progress_task(f"bias {method} {card_obj.name}/{split}", n) as advance:
         result = run_bias(
