@@ -218,7 +218,29 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown variant(s): {', '.join(unknown)} (known: {', '.join(VARIANTS)})", file=sys.stderr)
         return 2
+    from deconvbench.cards import load_card
+    from deconvbench.errors import DeconvbenchError
+
+    for option, card in (("--dataset", args.dataset), ("--mcal-dataset", args.mcal_dataset)):
+        if option == "--mcal-dataset" and card == "none":
+            continue
+        try:
+            load_card(card)
+        except (DeconvbenchError, OSError, ValueError) as exc:
+            print(f"{option} {card!r}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _ablate(names, args)
+    except subprocess.CalledProcessError as exc:
+        print(
+            f"command failed (exit {exc.returncode}): {shlex.join(exc.cmd[2:])}; see {args.out / 'ablation.log'}",
+            file=sys.stderr,
+        )
+        return exc.returncode or 1
+
+
+def _ablate(names: list[str], args) -> int:
     rows: dict[str, dict] = {}
     with open(args.out / "ablation.log", "a") as log:
         for ref in args.reference:
