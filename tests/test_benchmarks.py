@@ -98,3 +98,15 @@ def test_ablation_variants_build_valid_train_commands(tmp_path):
             allowed = set(DeconvNetConfig.__dataclass_fields__) | UNetObjective.keys()
             UNetObjective(**{k: (v if not v.replace(".", "").isdigit() else float(v)) for k, v in options.items()})
         assert set(options) <= allowed, name
+
+
+@pytest.mark.parametrize("option", ["--dataset", "--mcal-dataset"])
+def test_ablation_unknown_card_is_one_line(option, tmp_path, capsys):
+    """A card name the ablation cannot load stops it before any work: one line, exit 2."""
+    import importlib
+
+    ablation = importlib.import_module("benchmarks.deconvnet_ablation")
+    assert ablation.main([option, "no-such-card", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-card" in err and option in err
+    assert not (tmp_path / "out").exists()
