@@ -11,7 +11,7 @@ import pytest
 from deconvbench import fourier as F
 from deconvbench.harness import run_method
 from deconvbench.metacal import fourier_wmom as fw
-from deconvbench.metacal.measure import MetacalConfig
+from deconvbench.metacal.measure import MetacalConfig, measure_batch
 from deconvbench.metacal.psf_fit import reconv_fwhm, unique_stamps
 from deconvbench.metacal.shear_ops import METACAL_TYPES, metacal_images
 from deconvbench.methods import load_method
@@ -71,6 +71,19 @@ def test_fft_float32_metacal_images_stay_within_1e4_of_a_pad3_reference(smoke_me
     assert worst(fast, reference) < 1e-4
     assert worst(fast, reference) == pytest.approx(7.7619e-5, rel=1e-3)
     assert worst(fast, same_grid) == pytest.approx(1.377e-7, rel=0.02)
+
+
+def test_measure_batch_with_a_given_reconv_is_the_same_measurement(smoke_metacal_snr50_file):  # noqa: F811
+    """Γ passed in (bias fits it once for the method and truth channels) gives every
+    number of the measurement that fits it itself, to the bit."""
+    batch, _ = _batch(smoke_metacal_snr50_file)
+    fft, config = load_method("fft"), MetacalConfig()
+    estimate = fft.deconvolve(batch)
+    own = measure_batch(fft, batch, estimate, config)
+    given = measure_batch(fft, batch, estimate, config, reconv=reconv_fwhm(batch.psf, batch.pixel_scale_arcsec))
+    assert own.keys() == given.keys()
+    for key in own:
+        assert np.array_equal(own[key], given[key], equal_nan=True), key
 
 
 def test_fft_float32_leaves_noiseless_m_unchanged(offset_files):  # noqa: F811

@@ -207,15 +207,23 @@ def _flag_psf_fit(values: dict[str, np.ndarray], reconv) -> dict[str, np.ndarray
 
 
 def measure_batch(
-    method, batch, estimate: np.ndarray | None, config: MetacalConfig, noise_seed: np.ndarray | None = None
+    method,
+    batch,
+    estimate: np.ndarray | None,
+    config: MetacalConfig,
+    noise_seed: np.ndarray | None = None,
+    reconv=None,
 ) -> dict[str, np.ndarray]:
     """Metacal measurement of one batch: per-stamp ``e1, e2`` (noshear), ``R11 … R22``
     and ``flags`` (non-zero where any of the five measurements failed; then e and R are
     NaN; :data:`FLAG_PSF_FIT` where the PSF's Gaussian fit, which sets Γ, failed).
     ``estimate`` is the method's output on ``batch`` (ignored for methods that provide
-    ``metacal_images``)."""
+    ``metacal_images``). ``reconv``: Γ's FWHM per stamp (arcsec, (B,)) when the caller
+    has it already (:func:`~deconvbench.metacal.psf_fit.reconv_fwhm` of ``batch.psf`` and
+    ``config.step``); fitted here otherwise."""
     pixel = batch.pixel_scale_arcsec
-    reconv = reconv_fwhm(batch.psf, pixel, config.step)
+    if reconv is None:
+        reconv = reconv_fwhm(batch.psf, pixel, config.step)
     return _flag_psf_fit(_measure_batch(method, batch, estimate, config, noise_seed, reconv), reconv)
 
 
