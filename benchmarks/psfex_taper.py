@@ -20,7 +20,8 @@ and prints
 
     python benchmarks/psfex_taper.py --edges 1 0.1 0.01 --n-render 64 --groups 256
 
-The taper is applied by replacing the ``psfex`` family's builder in this process only.
+The taper is applied by registering the ``psfex`` family again with a tapered builder, in
+this process only (the original is registered back afterwards).
 """
 
 from __future__ import annotations
@@ -66,15 +67,14 @@ def measure(edge: float, n_render: int, groups: int) -> None:
     from deconvbench.cards import load_card
     from deconvbench.metacal.measure import MetacalConfig, measure_batch, summarise
     from deconvbench.methods import Batch, load_method
-    from deconvbench.sim import registry
     from deconvbench.sim.psfs import build_psf
+    from deconvbench.sim.registry import psf_family, register
     from deconvbench.sim.render import gsparams
     from deconvbench.sim.sampling import draw_galaxies
     from deconvbench.sim.validate import validate_render
 
-    registry._ensure_loaded()
-    original = registry.PSF_FAMILIES["psfex"]
-    registry.PSF_FAMILIES["psfex"] = dataclasses.replace(original, build=tapered(original.build, edge))
+    original = psf_family("psfex")
+    register(dataclasses.replace(original, build=tapered(original.build, edge)))  # same name: replaces it
     try:
         card = load_card("superbit-v2")
         split = next(iter(card.splits))
@@ -110,7 +110,7 @@ def measure(edge: float, n_render: int, groups: int) -> None:
             f"({result['n_pairs']} pairs)"
         )
     finally:
-        registry.PSF_FAMILIES["psfex"] = original
+        register(original)
 
 
 def main() -> None:
