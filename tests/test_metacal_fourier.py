@@ -12,7 +12,17 @@ import pytest
 
 from deconvbench.harness import run_method
 from deconvbench.metacal.estimators import wmom
-from deconvbench.metacal.fourier_wmom import frequency_indices, galaxy_spectrum, metacal_wmom, phase_table
+from deconvbench.metacal.fourier_wmom import (
+    band_of,
+    frequency_indices,
+    galaxy_spectrum,
+    kernel_band,
+    metacal_kernel_bases,
+    metacal_wmom,
+    phase_table,
+    type_matrices,
+    wavenumbers,
+)
 from deconvbench.metacal.measure import MetacalConfig, measure_deconvolved
 from deconvbench.metacal.psf_fit import reconv_fwhm
 from deconvbench.metacal.shear_ops import METACAL_TYPES, metacal_images
@@ -117,6 +127,37 @@ def test_phase_table_equals_the_direct_exponential(size):
         assert np.abs(table - direct).max() < 1e-13
     ky, kx = frequency_indices(size)
     assert ky.min() == -(size // 2) and kx.max() == size // 2
+
+
+@pytest.mark.parametrize(
+    "sigmas",
+    [
+        np.repeat([2.0, 2.5, 3.0], 8),  # metacal groups: consecutive runs, multiplied in place
+        np.tile([2.0, 2.5, 2.0, 3.0, 2.5, 2.0], 4),  # few PSFs, scattered: gathered per PSF
+        np.linspace(2.0, 3.0, 12),  # every stamp its own PSF: one broadcast product
+    ],
+)
+def test_kernel_bases_equal_the_direct_product(sigmas):
+    """``G̃(u) · exp(−(σ_Γ² + σ_w²)|L u|²/2)`` for every stamp and shear, whatever the order of
+    the stamps' PSFs, on the band a batch uses (rows of negative frequency included)."""
+    rng = np.random.default_rng(11)
+    size, sigma_w = 48, 2.5
+    mats = type_matrices(("noshear", "1p", "2m"), 0.01)
+    band = kernel_band(size, sigmas.min() ** 2 + sigma_w**2, mats)
+    assert len(band[0]) < size and band[0][-1] == size - 1  # a true band, wrapping round
+    full = rng.normal(size=(len(sigmas), size, size // 2 + 1)) + 1j * rng.normal(
+        size=(len(sigmas), size, size // 2 + 1)
+    )
+    spectrum = band_of(full, band)
+    assert spectrum.flags.c_contiguous and np.array_equal(spectrum, full[:, band[0]][:, :, band[1]])
+    bases = metacal_kernel_bases(spectrum, size, sigmas, sigma_w, mats, band=band)
+    uy, ux, _ = wavenumbers(size, band=band)
+    for t, matrix in enumerate(mats):
+        kx = matrix[0, 0] * ux[None, :] + matrix[0, 1] * uy[:, None]
+        ky = matrix[1, 0] * ux[None, :] + matrix[1, 1] * uy[:, None]
+        for b, sigma in enumerate(sigmas):
+            direct = spectrum[b] * np.exp(-0.5 * (sigma**2 + sigma_w**2) * (kx**2 + ky**2))
+            assert np.abs(bases[t, b] - direct).max() <= 1e-15 * np.abs(direct).max()
 
 
 def test_route_is_validated():
