@@ -108,7 +108,7 @@ class FFTDeconvolver:
             grouped *= unique[:, None]
         else:
             spectrum *= unique[inverse]
-        return F.irfft2_cropped(spectrum, N, n).astype(np.float64, copy=False)
+        return F.irfft2_cropped(spectrum, N, n, overwrite=True).astype(np.float64, copy=False)
 
     def transfer(self, batch: Batch, N: int) -> np.ndarray:
         """``window · T~/P~`` per stamp ``(B, N, N//2+1)``, computed once per distinct PSF

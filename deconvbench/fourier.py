@@ -115,12 +115,15 @@ def rfft2_padded(images: np.ndarray, N: int, workers=None, dtype=np.float64) -> 
     return sfft.fft(full, axis=-2, workers=workers, overwrite_x=True)
 
 
-def irfft2_cropped(spectrum: np.ndarray, N: int, n: int, workers=None) -> np.ndarray:
+def irfft2_cropped(spectrum: np.ndarray, N: int, n: int, workers=None, overwrite: bool = False) -> np.ndarray:
     """``crop_centered(irfft2(spectrum, N), n)`` ``(B, n, n)`` without the rows and columns
-    that the crop drops: one y transform per column, x transforms on the kept rows only."""
+    that the crop drops: one y transform per column, x transforms on the kept rows only.
+    ``overwrite``: the y transforms may run in place in ``spectrum`` (a caller's scratch
+    array): the same numbers, and about half the time of writing them to a new array
+    (scipy's strided transforms along the y axis)."""
     workers = fft_threads(workers)
     o = N // 2 - n // 2
-    half = sfft.ifft(spectrum, axis=-2, workers=workers)[:, o : o + n]
+    half = sfft.ifft(spectrum, axis=-2, workers=workers, overwrite_x=overwrite)[:, o : o + n]
     return np.ascontiguousarray(sfft.irfft(half, n=N, axis=-1, workers=workers)[:, :, o : o + n])
 
 

@@ -47,7 +47,10 @@ def test_pruned_padded_ffts_equal_the_full_transforms(n):
     assert np.max(np.abs(F.rfft2_padded(images, size) - full)) < 1e-12 * np.max(np.abs(full))
     spectrum = full * rng.normal(size=full.shape[1:])
     expected = F.crop_centered(F.irfft2(spectrum, size), n)
-    assert np.max(np.abs(F.irfft2_cropped(spectrum, size, n) - expected)) < 1e-12 * np.max(np.abs(expected))
+    cropped = F.irfft2_cropped(spectrum, size, n)
+    assert np.max(np.abs(cropped - expected)) < 1e-12 * np.max(np.abs(expected))
+    scratch = spectrum.copy()
+    assert np.array_equal(F.irfft2_cropped(scratch, size, n, overwrite=True), cropped)  # in place: the same numbers
 
 
 def test_fft_float32_metacal_images_stay_within_1e4_of_a_pad3_reference(smoke_metacal_snr50_file):  # noqa: F811

@@ -67,9 +67,11 @@ def galaxy_spectrum(
     images = F.as_stack(deconvolved, "deconvolved")
     n = images.shape[-1]
     size = F.padded_size(n, pad_factor)
-    spec = sfft.rfft2(F.pad_centered(images, size).astype(dtype, copy=False), workers=F.fft_threads(workers))
+    padded = images if size == n else F.pad_centered(images, size)  # rfft2 leaves its input as it is
+    spec = sfft.rfft2(padded.astype(dtype, copy=False), workers=F.fft_threads(workers))
     transfer = F.target_transfer(size, target_fwhm_arcsec, pixel_scale)
-    return spec * (1.0 / transfer).astype(dtype)
+    spec *= (1.0 / transfer).astype(dtype)  # in place: no second (B, N, N//2+1) array
+    return spec
 
 
 @lru_cache(maxsize=16)

@@ -67,11 +67,14 @@ def reconv_fwhm(psf_images, pixel_scale: float, step: float = 0.01) -> np.ndarra
     """FWHM (arcsec) of the round reconvolution Gaussian Γ (ngmix "fitgauss", see the
     module docstring): ``2.3548 · sqrt(T·d/2) · (1 + 2|step|) · pixel_scale``. (B,), NaN
     where the PSF fit fails."""
-    images = np.asarray(psf_images, dtype=np.float64)
+    images = np.asarray(psf_images)
     if images.ndim == 2:
         images = images[None]
+    # distinct stamps are found in the stamps' own dtype (float32 → float64 is one-to-one):
+    # only they are converted
     first, inverse = unique_stamps(images)
-    res = adaptive_moments(images[first], crop=PSF_FIT_CROP, accelerate=True, max_iter=PSF_FIT_MAX_ITER)
+    unique = np.asarray(images[first], dtype=np.float64)
+    res = adaptive_moments(unique, crop=PSF_FIT_CROP, accelerate=True, max_iter=PSF_FIT_MAX_ITER)
     ok = res["flags"] == 0
     d = ellipticity_dilation(res["Ixx"], res["Iyy"], res["Ixy"])
     sigma = np.sqrt(res["T"] * d / 2.0)
