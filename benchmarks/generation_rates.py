@@ -37,14 +37,14 @@ print(json.dumps(dict(card=card.name, split=split, n=report.n, workers=report.wo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cards", nargs="+", help="CARD:N, e.g. ground-v2:4000")
+    parser.add_argument("cards", nargs="+", help="CARD:N, e.g. ground-v2:4000 (CARD: a card's name or TOML path)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="deconvbench-rates-") as folder:
         for spec in args.cards:
             name, n = spec.split(":")
             for workers in args.workers:
-                out = Path(folder) / f"{name}-{workers}.h5"
+                out = Path(folder) / f"{Path(name).stem}-{workers}.h5"  # a card's name or its TOML path
                 proc = subprocess.run(
                     [sys.executable, "-c", CHILD, name, str(out), n, str(workers)], capture_output=True, text=True
                 )
