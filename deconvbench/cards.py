@@ -72,6 +72,15 @@ class StampSpec(_Strict):
     max_offset_pixels: float = Field(
         0.0, ge=0, le=2.0, description="galaxy centroid offset drawn uniformly in ±this, per axis"
     )
+    pad_factor: float | None = Field(
+        None,
+        ge=1.0,
+        le=8.0,
+        description=(
+            "the renderer's padded grid N >= pad_factor * size (default 1.5): wider for PSFs whose image "
+            "reaches far beyond the stamp (its wrapped wings are corrected exactly only for point sources)"
+        ),
+    )
 
 
 class SersicSpec(_Strict):
@@ -296,10 +305,12 @@ class DatasetCard(_Strict):
     def canonical_json(self) -> str:
         """The validated card as JSON with sorted keys (inf written as ``Infinity``).
 
-        Optional tables added after the v2 cards (``galaxy.sersic``, a split's
-        ``psf_model_error``) are left out when absent,
+        Optional tables and fields added after the v2 cards (``galaxy.sersic``, a split's
+        ``psf_model_error``, ``stamp.pad_factor``) are left out when absent,
         so that the hash of every earlier card is unchanged."""
         data = json.loads(self.model_dump_json())
+        if data["stamp"].get("pad_factor") is None:
+            data["stamp"].pop("pad_factor", None)
         if data["galaxy"].get("sersic") is None:
             data["galaxy"].pop("sersic", None)
         for split in data["splits"].values():

@@ -39,7 +39,7 @@ from .reference import MAX_FFT_SIZE, draw_reference, reference_gsparams
 
 MAX_FOLD = 4  # kernels are drawn out to 4× the pixel Nyquist frequency
 KERNEL_THRESHOLD = 1e-5  # k-modes where |PSF ⊗ pixel| < 1e-5 of its flux are dropped
-PAD_FACTOR = 1.5  # padded grid N ≥ 1.5 n (wrap-around of PSF wings corrected, see Kernel)
+PAD_FACTOR = 1.5  # padded grid N ≥ 1.5 n unless the card says (wrap-around of PSF wings corrected, see Kernel)
 BATCH = 16  # stamps per vectorised batch (memory: a few × BATCH·M² complex128)
 WRAP_HLR = 10.0  # padded grids reach 10 major-axis half-light radii beyond the stamp edge
 MAX_PAD_SIZE = 1024  # largest padded grid (pixels) for one galaxy
@@ -50,8 +50,12 @@ def gsparams() -> galsim.GSParams:
     return galsim.GSParams(maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5)
 
 
-def kgrid(card: DatasetCard, pad_factor: float = PAD_FACTOR) -> kspace.KGrid:
+def kgrid(card: DatasetCard, pad_factor: float | None = None) -> kspace.KGrid:
+    """The card's padded drawing grid: N ≥ ``pad_factor`` × n (default: the card's
+    ``stamp.pad_factor``, else :data:`PAD_FACTOR`)."""
     n = card.stamp.size
+    if pad_factor is None:
+        pad_factor = card.stamp.pad_factor or PAD_FACTOR
     return kspace.KGrid(n, card.stamp.pixel_scale_arcsec, kspace.padded_size(n, pad_factor))
 
 
