@@ -81,6 +81,14 @@ class StampSpec(_Strict):
             "reaches far beyond the stamp (its wrapped wings are corrected exactly only for point sources)"
         ),
     )
+    kernel_wrap: Literal["point-corrected", "truncated"] | None = Field(
+        None,
+        description=(
+            "how the renderer keeps PSF light from beyond the padded grid out of a stamp: 'point-corrected' "
+            "(default, the v2 cards: the wrapped light of a centred point source is subtracted) or 'truncated' "
+            "(the PSF's transform cut to one grid period: nothing wraps, exact for extended galaxies too)"
+        ),
+    )
 
 
 class SersicSpec(_Strict):
@@ -306,11 +314,12 @@ class DatasetCard(_Strict):
         """The validated card as JSON with sorted keys (inf written as ``Infinity``).
 
         Optional tables and fields added after the v2 cards (``galaxy.sersic``, a split's
-        ``psf_model_error``, ``stamp.pad_factor``) are left out when absent,
+        ``psf_model_error``, ``stamp.pad_factor``, ``stamp.kernel_wrap``) are left out when absent,
         so that the hash of every earlier card is unchanged."""
         data = json.loads(self.model_dump_json())
-        if data["stamp"].get("pad_factor") is None:
-            data["stamp"].pop("pad_factor", None)
+        for field in ("pad_factor", "kernel_wrap"):
+            if data["stamp"].get(field) is None:
+                data["stamp"].pop(field, None)
         if data["galaxy"].get("sersic") is None:
             data["galaxy"].pop("sersic", None)
         for split in data["splits"].values():

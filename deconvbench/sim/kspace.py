@@ -152,6 +152,24 @@ def fold_to_rfft(half: np.ndarray, pad_size: int) -> np.ndarray:
     return out
 
 
+def truncated_half(fine_half: np.ndarray, support: int) -> np.ndarray:
+    """The transform of a profile cut to one period of the padded grid, on that grid's k-step.
+
+    ``fine_half``: the profile's centred half k-image (4S, 2S+1) on a 4× finer k-step dk/4
+    (so that its real-space period is 4× the padded grid's: the profile barely wraps), out to
+    the same reach as the kernel, S = ``support`` modes of dk. Its real-space samples (step:
+    padded grid / S) are cut to the central S × S of them, one padded grid period, and
+    transformed back: the centred half (S, S//2+1) at dk. A galaxy ⊗ this kernel on the
+    periodic padded grid is GalSim's galaxy ⊗ profile at every pixel for the galaxy light
+    within half a period of it, with nothing wrapped in from beyond (its value at k = 0 is
+    the profile's flux within the period: the rest falls outside any stamp)."""
+    fine = fine_half.shape[-2]
+    samples = np.fft.irfft2(np.fft.ifftshift(fine_half, axes=-2), s=(fine, fine), axes=(-2, -1))
+    idx = np.rint(np.fft.fftfreq(support) * support).astype(np.int64) % fine  # FFT order, origin first
+    block = samples[..., idx[:, None], idx[None, :]]
+    return np.fft.fftshift(np.fft.rfft2(block, axes=(-2, -1)), axes=-2)
+
+
 def to_stamps(folded: np.ndarray, pad_size: int, stamp_size: int) -> np.ndarray:
     """Inverse FFT of folded transforms and crop to n×n with the origin on pixel (n//2, n//2).
 

@@ -63,15 +63,29 @@ def target_psf(card: DatasetCard, gsp: galsim.GSParams) -> galsim.GSObject:
     return galsim.Gaussian(fwhm=card.stamp.target_psf_fwhm_arcsec, gsparams=gsp)
 
 
+#: how a kernel treats the light of its profile beyond the padded grid (``stamp.kernel_wrap``)
+KERNEL_WRAPS = ("point-corrected", "truncated")
+
+
 class Kernel:
     """A PSF (or target) transform, times the pixel's, on the part of k-space that matters.
 
     Drawn by GalSim out to ``MAX_FOLD`` × the pixel Nyquist frequency, then cut to the
     smallest centred square holding every |K(k)| > ``KERNEL_THRESHOLD``·K(0) (``support``
     wide); products with a galaxy are embedded in a grid of ``size`` = m·N (zeros beyond
-    the support) and folded."""
+    the support) and folded.
 
-    def __init__(self, profile: galsim.GSObject, grid: kspace.KGrid, with_pixel: bool):
+    ``wrap``: how the profile's light beyond the periodic N-grid is kept out of the stamp.
+    ``"point-corrected"`` (the v2 cards): the kernel is the profile's transform, and the light
+    that wraps round for a point source at the centre is subtracted (flux × wrap); exact for
+    point sources only, so a galaxy that smooths wings with structure (Airy rings of an
+    optical PSF whose image outreaches the grid, PSFEx interpolants) keeps up to ~1e-4 of its
+    peak. ``"truncated"``: the kernel is the transform of the profile cut to one grid period
+    (:func:`~deconvbench.sim.kspace.truncated_half`), so nothing wraps."""
+
+    def __init__(self, profile: galsim.GSObject, grid: kspace.KGrid, with_pixel: bool, wrap: str = KERNEL_WRAPS[0]):
+        if wrap not in KERNEL_WRAPS:
+            raise DeconvbenchError(f"kernel wrap must be one of {', '.join(KERNEL_WRAPS)}, got {wrap!r}")
         # GalSim's drawImage keeps k-modes up to the profile's maxk (|K| > maxk_threshold);
         # the kernel keeps the same square, and nothing where |K| < KERNEL_THRESHOLD.
         maxk_support = 2 * (int(math.ceil(profile.maxk / grid.dk)) + 1)
@@ -101,6 +115,10 @@ class Kernel:
         if with_pixel:
             fine_half = fine_half * kspace.pixel_half_kimage(fine, grid.dk / 4, grid.pixel_scale)
         fine_half = self._masked(fine_half, grid.dk / 4, profile.maxk)
+        if wrap == "truncated":
+            self.half = self._masked(kspace.truncated_half(fine_half, self.support), grid.dk, profile.maxk)
+            self.wrap = np.zeros((grid.stamp_size, grid.stamp_size))
+            return
         unwrapped = kspace.to_stamps(
             kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size
         )
@@ -127,10 +145,15 @@ class Kernel:
 
 
 @functools.lru_cache(maxsize=16)
-def _target_kernel(fwhm: float, stamp_size: int, pixel_scale: float, pad_size: int) -> Kernel:
-    """The target PSF's kernel (one per card geometry and padded grid, cached)."""
+def _target_kernel(fwhm: float, stamp_size: int, pixel_scale: float, pad_size: int, wrap: str) -> Kernel:
+    """The target PSF's kernel (one per card geometry, padded grid and wrap mode, cached)."""
     target = galsim.Gaussian(fwhm=fwhm, gsparams=gsparams())
-    return Kernel(target, kspace.KGrid(stamp_size, pixel_scale, pad_size), with_pixel=True)
+    return Kernel(target, kspace.KGrid(stamp_size, pixel_scale, pad_size), with_pixel=True, wrap=wrap)
+
+
+def kernel_wrap(card: DatasetCard) -> str:
+    """The card's ``stamp.kernel_wrap`` (default ``"point-corrected"``, as every v2 card)."""
+    return card.stamp.kernel_wrap or KERNEL_WRAPS[0]
 
 
 def pad_sizes(rows: np.ndarray, grid: kspace.KGrid) -> np.ndarray:
@@ -185,8 +208,8 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     psf_image = psf_image / psf_image.sum()
     for pad in pads:
         sub_grid = kspace.KGrid(n, grid.pixel_scale, pad)
-        psf = Kernel(psf_profile, sub_grid, with_pixel)
-        target = _target_kernel(fwhm, n, grid.pixel_scale, pad)
+        psf = Kernel(psf_profile, sub_grid, with_pixel, wrap=kernel_wrap(card))
+        target = _target_kernel(fwhm, n, grid.pixel_scale, pad, kernel_wrap(card))
         size = max(psf.support, target.support)
         index = np.flatnonzero(sizes == pad)
         for start in range(0, len(index), BATCH):
