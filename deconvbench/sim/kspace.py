@@ -163,10 +163,10 @@ def truncated_half(fine_half: np.ndarray, support: int) -> np.ndarray:
     periodic padded grid is GalSim's galaxy ⊗ profile at every pixel for the galaxy light
     within half a period of it, with nothing wrapped in from beyond (its value at k = 0 is
     the profile's flux within the period: the rest falls outside any stamp)."""
-    fine = fine_half.shape[-2]
-    samples = np.fft.irfft2(np.fft.ifftshift(fine_half, axes=-2), s=(fine, fine), axes=(-2, -1))
-    idx = np.rint(np.fft.fftfreq(support) * support).astype(np.int64) % fine  # FFT order, origin first
-    block = samples[..., idx[:, None], idx[None, :]]
+    # the S × S samples about the origin (only those rows are transformed along x), then
+    # origin first for the forward transform
+    centred = to_stamps(np.fft.ifftshift(fine_half, axes=-2), fine_half.shape[-2], support)
+    block = np.fft.ifftshift(centred, axes=(-2, -1))
     return np.fft.fftshift(np.fft.rfft2(block, axes=(-2, -1)), axes=-2)
 
 
