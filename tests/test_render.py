@@ -206,6 +206,29 @@ def test_validate_render_command(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--n" in bad.stderr
+    finer = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deconvbench.cli",
+            "validate-render",
+            "smoke",
+            "--n",
+            "4",
+            "--reference-fft-factor",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert finer.returncode == 0, finer.stderr
+    assert "gaussian" in finer.stdout and finer.stdout != proc.stdout  # another reference, other numbers
+    coarse = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--reference-fft-factor", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert coarse.returncode == 2 and coarse.stderr.count("\n") == 1 and "--reference-fft-factor" in coarse.stderr
 
 
 @pytest.fixture

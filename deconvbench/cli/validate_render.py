@@ -15,6 +15,12 @@ def validate_render_command(
     n: int = typer.Option(64, "--n", help="stamps to compare (the first n of the split)"),
     split: str | None = typer.Option(None, "--split", "-s", help="split (default: the card's first)"),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="exit 1 if max|Δ|/peak or |flux ratio − 1| exceeds it"),
+    reference_fft_factor: int = typer.Option(
+        4,
+        "--reference-fft-factor",
+        help="GalSim's FFT grids of the reference >= this × the fast padded grid (larger: how far GalSim's own "
+        "result still depends on its grid)",
+    ),
 ) -> None:
     """Compare the fast renderer with GalSim drawImage: max/rms |fast − reference|/peak and flux ratio."""
     from ..cards import load_card
@@ -26,7 +32,9 @@ def validate_render_command(
     dataset_card.split(split)
     if n <= 0:
         raise UsageError(f"--n must be positive, got {n}")
-    rows = validate_render(dataset_card, split, n)
+    if reference_fft_factor < 2:
+        raise UsageError(f"--reference-fft-factor must be >= 2, got {reference_fft_factor}")
+    rows = validate_render(dataset_card, split, n, reference_fft_factor)
     print(render_validation_table(rows))
     failing = [r for r in rows if not r.passes(tolerance)]
     if failing:

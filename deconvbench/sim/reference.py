@@ -30,11 +30,10 @@ def centre_offset(stamp_size: int) -> tuple[float, float]:
     return (half, half)
 
 
-def reference_gsparams(pad_size: int) -> galsim.GSParams:
-    """Drawing settings of the reference: FFT grids of at least 4× the fast padded grid."""
-    return galsim.GSParams(
-        minimum_fft_size=REFERENCE_FFT_FACTOR * pad_size, maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5
-    )
+def reference_gsparams(pad_size: int, fft_factor: int = REFERENCE_FFT_FACTOR) -> galsim.GSParams:
+    """Drawing settings of the reference: FFT grids of at least ``fft_factor`` (default 4) ×
+    the fast padded grid."""
+    return galsim.GSParams(minimum_fft_size=fft_factor * pad_size, maximum_fft_size=MAX_FFT_SIZE, maxk_threshold=1e-5)
 
 
 def draw_reference(
@@ -68,12 +67,16 @@ def convolve_with_galaxy(row, scale: float, others: list, tight: galsim.GSParams
     return [galsim.Convolve([galaxy, other]) for other in others]
 
 
-def reference_stamps(card: DatasetCard, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """``noiseless``, ``truth`` and ``psf`` (float64) of ``rows`` (one PSF: ``rows[0]``'s)."""
+def reference_stamps(
+    card: DatasetCard, rows: np.ndarray, fft_factor: int = REFERENCE_FFT_FACTOR
+) -> dict[str, np.ndarray]:
+    """``noiseless``, ``truth`` and ``psf`` (float64) of ``rows`` (one PSF: ``rows[0]``'s),
+    GalSim's FFTs on grids of at least ``fft_factor`` × the fast padded grid (a larger
+    factor shows how far GalSim's own result still depends on its grid)."""
     from .render import gsparams, kgrid, target_psf
 
     gsp = gsparams()
-    draw_gsp = reference_gsparams(kgrid(card).pad_size)
+    draw_gsp = reference_gsparams(kgrid(card).pad_size, fft_factor)
     n, scale = card.stamp.size, card.stamp.pixel_scale_arcsec
     psf = build_psf(rows[0], gsp)
     method = draw_method(rows[0], scale)

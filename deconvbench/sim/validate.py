@@ -16,7 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..cards import DatasetCard
-from .reference import reference_stamps
+from .reference import REFERENCE_FFT_FACTOR, reference_stamps
 from .render import kgrid, render_noiseless
 from .sampling import draw_galaxies, stamps_per_galaxy
 
@@ -62,8 +62,11 @@ def stamp_errors(fast: np.ndarray, reference: np.ndarray) -> StampErrors:
     )
 
 
-def compare(card: DatasetCard, split: str, n: int) -> tuple[np.ndarray, dict[str, StampErrors]]:
-    """``params`` rows and per-stamp errors of the first ``n`` stamps of ``split``."""
+def compare(
+    card: DatasetCard, split: str, n: int, fft_factor: int = REFERENCE_FFT_FACTOR
+) -> tuple[np.ndarray, dict[str, StampErrors]]:
+    """``params`` rows and per-stamp errors of the first ``n`` stamps of ``split`` (the
+    reference's FFT grids ≥ ``fft_factor`` × the fast padded grid)."""
     per = stamps_per_galaxy(card)
     rows = draw_galaxies(card, split, 0, -(-n // per))[:n]
     grid = kgrid(card)
@@ -73,7 +76,7 @@ def compare(card: DatasetCard, split: str, n: int) -> tuple[np.ndarray, dict[str
     with threadpool_limits(1):
         for a, b in zip([0, *bounds], [*bounds, len(rows)], strict=True):
             f = render_noiseless(card, rows[a:b], grid)
-            r = reference_stamps(card, rows[a:b])
+            r = reference_stamps(card, rows[a:b], fft_factor)
             for key in IMAGES:
                 fast[key].append(np.asarray(f[key]))
                 ref[key].append(r[key])
@@ -104,6 +107,8 @@ def summarise(rows: np.ndarray, errors: dict[str, StampErrors]) -> list[Validati
     return table
 
 
-def validate_render(card: DatasetCard, split: str, n: int) -> list[ValidationRow]:
-    rows, errors = compare(card, split, n)
+def validate_render(
+    card: DatasetCard, split: str, n: int, fft_factor: int = REFERENCE_FFT_FACTOR
+) -> list[ValidationRow]:
+    rows, errors = compare(card, split, n, fft_factor)
     return summarise(rows, errors)
