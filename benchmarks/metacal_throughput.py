@@ -54,6 +54,16 @@ def _spread(batch, count: int):
     return _take(batch, slice(None) if count >= total else np.linspace(0, total - 1, count).round().astype(int))
 
 
+def _fft_floor(observed, deconv: int, n: int, dtype) -> None:
+    """The transforms the Fourier route cannot avoid, each as fast as the code base takes
+    them: fft's on the ``deconv`` grid (pruned forward, inverse in place; ``dtype`` float64
+    or float32), then the float64 rfft2 of the n² stamps (D's spectrum)."""
+    from deconvbench import fourier as F
+
+    F.irfft2_cropped(F.rfft2_padded(observed, deconv, dtype=dtype), deconv, n, overwrite=True)
+    F.rfft2(observed)
+
+
 def _best(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -118,18 +128,13 @@ def main(n_batched: int = 512, n_galsim: int = 32, repeats: int = 3) -> None:
         for _ in range(5):
             F.irfft2(spec, old)
 
-    def route_floor():
-        F.irfft2_cropped(F.rfft2_padded(observed, deconv), deconv, n, overwrite=True)
-        F.rfft2(observed)
-
-    def route_floor_pruned32():
-        F.irfft2_cropped(F.rfft2_padded(observed, deconv, dtype=np.float32), deconv, n, overwrite=True)
-        F.rfft2(observed)
-
     floors = [
         (f"FFT floor, image route (1 rfft2 + 5 irfft2 of {old}²)", old_floor),
-        (f"FFT floor, Fourier route (pruned rfft2 + irfft2 of {deconv}², rfft2 of {n}²)", route_floor),
-        (f"  same, the {deconv}² FFTs in float32", route_floor_pruned32),
+        (
+            f"FFT floor, Fourier route (pruned rfft2 + irfft2 of {deconv}², rfft2 of {n}²)",
+            lambda: _fft_floor(observed, deconv, n, np.float64),
+        ),
+        (f"  same, the {deconv}² FFTs in float32", lambda: _fft_floor(observed, deconv, n, np.float32)),
     ]
     estimate = fft.deconvolve(batch)
     reconv = reconv_fwhm(batch.psf, pixel)
@@ -217,15 +222,7 @@ def _process_worker(rank: int, processes: int, n_batched: int, n_galsim: int, re
     n, deconv = card.stamp.size, F.padded_size(card.stamp.size, fft.pad_factor)
 
     def fft_floor(dtype):
-        # the transforms the Fourier route cannot avoid, each as fast as this code base
-        # takes it: fft's (pruned, the inverse in place), then D's spectrum (float64)
-        def floor():
-            for chunk in chunks:
-                observed = F.as_stack(chunk.observed)
-                F.irfft2_cropped(F.rfft2_padded(observed, deconv, dtype=dtype), deconv, n, overwrite=True)
-                F.rfft2(observed)
-
-        return floor
+        return lambda: [_fft_floor(F.as_stack(chunk.observed), deconv, n, dtype) for chunk in chunks]
 
     flows = {
         "fft + metacal + wmom, Fourier route": batched(fft),
