@@ -117,7 +117,7 @@ class Kernel:
         fine_half = self._masked(fine_half, grid.dk / 4, profile.maxk)
         if wrap == "truncated":
             self.half = self._masked(kspace.truncated_half(fine_half, self.support), grid.dk, profile.maxk)
-            self.wrap = np.zeros((grid.stamp_size, grid.stamp_size))
+            self.wrap = None  # nothing wraps in: no correction
             return
         unwrapped = kspace.to_stamps(
             kspace.fold_to_rfft(fine_half, 4 * grid.pad_size), 4 * grid.pad_size, grid.stamp_size
@@ -140,6 +140,8 @@ class Kernel:
     def stamps(self, galaxy_half: np.ndarray) -> np.ndarray:
         """Stamps (B, n, n) of galaxy ⊗ kernel from galaxy half k-images (B, M, M//2+1)."""
         product = kspace.crop_half(galaxy_half, self.support) * self.half
+        if self.wrap is None:
+            return self._stamps(product)
         flux = galaxy_half[:, galaxy_half.shape[-2] // 2, 0].real
         return self._stamps(product) - flux[:, None, None] * self.wrap
 
