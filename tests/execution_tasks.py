@@ -9,6 +9,15 @@ import time
 from pathlib import Path
 
 
+def mark(path: str | Path) -> None:
+    """Writes this process's pid to ``path`` atomically (a temporary file renamed over it), so
+    that a test polling for the file never reads it empty, half written."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(os.getpid()))
+    os.replace(partial, path)
+
+
 def square(x: int) -> tuple[int, int]:
     return x, x * x
 
@@ -47,7 +56,7 @@ def die_once(task: tuple[int, str, int, float]) -> tuple[int, int]:
     x, marker, die_at, seconds = task
     time.sleep(seconds)
     if x == die_at and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
+        mark(marker)
         os.kill(os.getpid(), signal.SIGKILL)
     return x, x * x
 
@@ -59,7 +68,7 @@ def always_die(_task) -> None:
 def wait_forever(task: tuple[int, str]) -> int:
     """Marks that it started (file ``{x}.started`` in the folder) and sleeps."""
     x, folder = task
-    Path(folder, f"{x}.started").write_text(str(os.getpid()))
+    mark(Path(folder, f"{x}.started"))
     time.sleep(600)
     return x
 
@@ -110,7 +119,7 @@ def run_client_main(argv: list[str]) -> None:
     @contextlib.contextmanager
     def waiting_progress(description, total):
         def advance(count):
-            Path(folder, "started").write_text(str(os.getpid()))
+            mark(Path(folder, "started"))
             time.sleep(600)
 
         yield advance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -242,6 +243,13 @@ def test_sigterm_becomes_terminated_inside_the_context_and_is_restored_after():
 
 
 # -- an existing cluster, reached through its scheduler file ------------------------------
+def _complete_json(path: Path) -> bool:
+    try:
+        return "address" in json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
 @needs_dask
 def test_a_remote_cluster_through_its_scheduler_file(tmp_path):
     """``dask scheduler`` + ``dask worker`` as separate processes (what a SLURM job runs); the
@@ -279,7 +287,7 @@ def test_a_remote_cluster_through_its_scheduler_file(tmp_path):
     )
     try:
         deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
+        while not _complete_json(scheduler_file):  # the scheduler writes it in place, not atomically
             assert time.monotonic() < deadline and scheduler.poll() is None, "scheduler did not start"
             time.sleep(0.1)
         with make_executor(dask_spec(1, scheduler_file=scheduler_file)) as executor:
