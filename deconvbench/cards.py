@@ -89,6 +89,14 @@ class StampSpec(_Strict):
             "(the PSF's transform cut to one grid period: nothing wraps, exact for extended galaxies too)"
         ),
     )
+    psf_stamp: Literal["drawimage", "kernel"] | None = Field(
+        None,
+        description=(
+            "how the renderer makes the 'psf' stamp: 'drawimage' (default, the v2 cards: GalSim's drawImage of "
+            "the PSF) or 'kernel' (a centred point source of unit flux through the PSF kernel that renders "
+            "'noiseless': the same image to ~1e-5 of its peak, without a GalSim FFT per PSF)"
+        ),
+    )
 
 
 class SersicSpec(_Strict):
@@ -314,10 +322,10 @@ class DatasetCard(_Strict):
         """The validated card as JSON with sorted keys (inf written as ``Infinity``).
 
         Optional tables and fields added after the v2 cards (``galaxy.sersic``, a split's
-        ``psf_model_error``, ``stamp.pad_factor``, ``stamp.kernel_wrap``) are left out when absent,
-        so that the hash of every earlier card is unchanged."""
+        ``psf_model_error``, ``stamp.pad_factor``, ``stamp.kernel_wrap``, ``stamp.psf_stamp``) are left
+        out when absent, so that the hash of every earlier card is unchanged."""
         data = json.loads(self.model_dump_json())
-        for field in ("pad_factor", "kernel_wrap"):
+        for field in ("pad_factor", "kernel_wrap", "psf_stamp"):
             if data["stamp"].get(field) is None:
                 data["stamp"].pop(field, None)
         if data["galaxy"].get("sersic") is None:

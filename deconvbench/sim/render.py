@@ -137,6 +137,12 @@ class Kernel:
         folded = kspace.fold_to_rfft(product_half, self.pad_size)
         return kspace.to_stamps(folded, self.pad_size, self.stamp_size)
 
+    def point_stamp(self) -> np.ndarray:
+        """The stamp (n, n) of a point source of unit flux on pixel (n//2, n//2): the PSF image
+        (⊗ pixel) that every ``noiseless`` stamp of this kernel is drawn with."""
+        stamp = self._stamps(self.half[None])[0]
+        return stamp if self.wrap is None else stamp - self.wrap
+
     def stamps(self, galaxy_half: np.ndarray) -> np.ndarray:
         """Stamps (B, n, n) of galaxy ⊗ kernel from galaxy half k-images (B, M, M//2+1)."""
         product = kspace.crop_half(galaxy_half, self.support) * self.half
@@ -156,6 +162,15 @@ def _target_kernel(fwhm: float, stamp_size: int, pixel_scale: float, pad_size: i
 def kernel_wrap(card: DatasetCard) -> str:
     """The card's ``stamp.kernel_wrap`` (default ``"point-corrected"``, as every v2 card)."""
     return card.stamp.kernel_wrap or KERNEL_WRAPS[0]
+
+
+#: how the ``psf`` stamp is made (``stamp.psf_stamp``)
+PSF_STAMPS = ("drawimage", "kernel")
+
+
+def psf_stamp(card: DatasetCard) -> str:
+    """The card's ``stamp.psf_stamp`` (default ``"drawimage"``, as every v2 card)."""
+    return card.stamp.psf_stamp or PSF_STAMPS[0]
 
 
 def pad_sizes(rows: np.ndarray, grid: kspace.KGrid) -> np.ndarray:
@@ -202,15 +217,22 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     fwhm = card.stamp.target_psf_fwhm_arcsec
     out = {"noiseless": np.empty((len(rows), n, n)), "truth": np.empty((len(rows), n, n))}
     pads = sorted(set(sizes.tolist()))  # the card's grid, and larger ones for large galaxies
-    # The PSF stamp is GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set by the
-    # group's smallest padded grid; drawn once per group.
-    psf_image = draw_reference(
-        psf_profile, n, grid.pixel_scale, "auto" if with_pixel else "no_pixel", reference_gsparams(pads[0])
-    )
+    psf_kernels = {
+        pad: Kernel(psf_profile, kspace.KGrid(n, grid.pixel_scale, pad), with_pixel, wrap=kernel_wrap(card))
+        for pad in pads
+    }
+    # The PSF stamp, once per group: GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set
+    # by the group's smallest padded grid, or a point source through that grid's kernel.
+    if psf_stamp(card) == "kernel":
+        psf_image = psf_kernels[pads[0]].point_stamp()
+    else:
+        psf_image = draw_reference(
+            psf_profile, n, grid.pixel_scale, "auto" if with_pixel else "no_pixel", reference_gsparams(pads[0])
+        )
     psf_image = psf_image / psf_image.sum()
     for pad in pads:
         sub_grid = kspace.KGrid(n, grid.pixel_scale, pad)
-        psf = Kernel(psf_profile, sub_grid, with_pixel, wrap=kernel_wrap(card))
+        psf = psf_kernels[pad]
         target = _target_kernel(fwhm, n, grid.pixel_scale, pad, kernel_wrap(card))
         size = max(psf.support, target.support)
         index = np.flatnonzero(sizes == pad)
