@@ -94,7 +94,8 @@ class StampSpec(_Strict):
         description=(
             "how the renderer makes the 'psf' stamp: 'drawimage' (default, the v2 cards: GalSim's drawImage of "
             "the PSF) or 'kernel' (a centred point source of unit flux through the PSF kernel that renders "
-            "'noiseless': the same image to ~1e-5 of its peak, without a GalSim FFT per PSF)"
+            "'noiseless': the same image to ~1e-5 of its peak, without a GalSim FFT per PSF; a PSFEx model at "
+            "its own pixel scale, which drawImage draws in real space, keeps drawImage's stamp)"
         ),
     )
 

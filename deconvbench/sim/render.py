@@ -223,7 +223,10 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     }
     # The PSF stamp, once per group: GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set
     # by the group's smallest padded grid, or a point source through that grid's kernel.
-    if psf_stamp(card) == "kernel":
+    # drawImage draws a PSF without the pixel whose real-space profile is known (a PSFEx
+    # model at its own pixel scale) directly, without an FFT, by its x-interpolant: that
+    # stays, as no kernel (a band-limited transform) equals it.
+    if psf_stamp(card) == "kernel" and (with_pixel or not psf_profile.is_analytic_x):
         psf_image = psf_kernels[pads[0]].point_stamp()
     else:
         psf_image = draw_reference(
