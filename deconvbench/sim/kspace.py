@@ -33,6 +33,19 @@ def _is_smooth(n: int) -> bool:
     return n == 1
 
 
+def fast_even_length(size: int) -> int:
+    """Smallest even N ≥ ``size`` with no prime factor above 7 (a fast FFT length for pocketfft)."""
+    n = size + size % 2
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 2
+
+
 def padded_size(stamp_size: int, pad_factor: float) -> int:
     """Smallest even 2·3·5-smooth N ≥ pad_factor × stamp_size (a fast FFT length)."""
     n = max(int(math.ceil(pad_factor * stamp_size)), stamp_size)
@@ -152,6 +165,24 @@ def fold_to_rfft(half: np.ndarray, pad_size: int) -> np.ndarray:
     return out
 
 
+def profile_samples(fine_half: np.ndarray) -> np.ndarray:
+    """Real-space samples (L, L) of a profile from its centred half k-image (L, L//2+1), the
+    origin on sample (L//2, L//2): the profile aliased with the period of that k-step, as
+    ``irfft2`` gives it (the input of :func:`cut_half`)."""
+    size = fine_half.shape[-2]
+    samples = np.fft.irfft2(np.fft.ifftshift(fine_half, axes=-2), s=(size, size), axes=(-2, -1))
+    return np.fft.fftshift(samples, axes=(-2, -1))
+
+
+def cut_half(samples: np.ndarray, width: int) -> np.ndarray:
+    """The centred half k-image (width, width//2+1) of ``samples`` (from :func:`profile_samples`)
+    cut to their central width × width: the profile truncated to that square, its transform
+    on the k-step of that period (the same normalisation for every width)."""
+    centre = samples.shape[-1] // 2
+    block = samples[..., centre - width // 2 : centre + width // 2, centre - width // 2 : centre + width // 2]
+    return np.fft.fftshift(np.fft.rfft2(np.fft.ifftshift(block, axes=(-2, -1)), axes=(-2, -1)), axes=-2)
+
+
 def truncated_half(fine_half: np.ndarray, support: int) -> np.ndarray:
     """The transform of a profile cut to one period of the padded grid, on that grid's k-step.
 
@@ -162,12 +193,9 @@ def truncated_half(fine_half: np.ndarray, support: int) -> np.ndarray:
     transformed back: the centred half (S, S//2+1) at dk. A galaxy ⊗ this kernel on the
     periodic padded grid is GalSim's galaxy ⊗ profile at every pixel for the galaxy light
     within half a period of it, with nothing wrapped in from beyond (its value at k = 0 is
-    the profile's flux within the period: the rest falls outside any stamp)."""
-    # the S × S samples about the origin (only those rows are transformed along x), then
-    # origin first for the forward transform
-    centred = to_stamps(np.fft.ifftshift(fine_half, axes=-2), fine_half.shape[-2], support)
-    block = np.fft.ifftshift(centred, axes=(-2, -1))
-    return np.fft.fftshift(np.fft.rfft2(block, axes=(-2, -1)), axes=-2)
+    the profile's flux within the period: the rest falls outside any stamp). The same
+    samples cut to 2S or 4S give the kernel of a 2× or 4× padded grid (:func:`cut_half`)."""
+    return cut_half(profile_samples(fine_half), support)
 
 
 def to_stamps(folded: np.ndarray, pad_size: int, stamp_size: int) -> np.ndarray:

@@ -81,11 +81,33 @@ class Kernel:
     point sources only, so a galaxy that smooths wings with structure (Airy rings of an
     optical PSF whose image outreaches the grid, PSFEx interpolants) keeps up to ~1e-4 of its
     peak. ``"truncated"``: the kernel is the transform of the profile cut to one grid period
-    (:func:`~deconvbench.sim.kspace.truncated_half`), so nothing wraps."""
+    (:func:`~deconvbench.sim.kspace.truncated_half`), so nothing wraps.
 
-    def __init__(self, profile: galsim.GSObject, grid: kspace.KGrid, with_pixel: bool, wrap: str = KERNEL_WRAPS[0]):
+    ``base``: a truncated kernel of the same profile on a grid 2 or 4 times smaller (the
+    card's). This kernel is then cut from the real-space samples that ``base`` drew (4× its
+    period: the same samples, a wider cut), without drawing the profile again; its light
+    beyond 4 base periods wraps, as for ``base``."""
+
+    def __init__(
+        self,
+        profile: galsim.GSObject,
+        grid: kspace.KGrid,
+        with_pixel: bool,
+        wrap: str = KERNEL_WRAPS[0],
+        base: Kernel | None = None,
+    ):
         if wrap not in KERNEL_WRAPS:
             raise DeconvbenchError(f"kernel wrap must be one of {', '.join(KERNEL_WRAPS)}, got {wrap!r}")
+        self.pad_size, self.stamp_size = grid.pad_size, grid.stamp_size
+        self.samples = None  # a truncated kernel's real-space samples (4 periods)
+        if base is not None:
+            ratio = grid.pad_size // base.pad_size
+            if wrap != "truncated" or base.samples is None or ratio * base.pad_size != grid.pad_size or ratio > 4:
+                raise DeconvbenchError("a kernel is cut from a truncated base kernel on a grid 1, 2 or 4 times smaller")
+            self.support = ratio * base.support  # the same reach in k, a ratio × finer step
+            self.half = self._masked(kspace.cut_half(base.samples, self.support), grid.dk, profile.maxk)
+            self.wrap = None
+            return
         # GalSim's drawImage keeps k-modes up to the profile's maxk (|K| > maxk_threshold);
         # the kernel keeps the same square, and nothing where |K| < KERNEL_THRESHOLD.
         maxk_support = 2 * (int(math.ceil(profile.maxk / grid.dk)) + 1)
@@ -102,9 +124,10 @@ class Kernel:
                 f"a PSF reaches beyond {MAX_FOLD}× the pixel Nyquist frequency in k-space (no FFT grid of "
                 "this card's stamp samples it); check the card's PSF ranges and pixel scale"
             )
-        self.half = self._masked(kspace.crop_half(half, self.support).copy(), grid.dk, profile.maxk)
-        self.size = grid.pad_size * -(-self.support // grid.pad_size)
-        self.pad_size, self.stamp_size = grid.pad_size, grid.stamp_size
+        if wrap == "truncated":  # its FFTs run on 4× and 1× this: a fast length (zeros beyond maxk)
+            self.support = kspace.fast_even_length(self.support)
+        else:
+            self.half = self._masked(kspace.crop_half(half, self.support).copy(), grid.dk, profile.maxk)
         # Wrap-around: the periodic N-grid brings PSF wings from beyond it back into the
         # stamp (Airy wings fall as r⁻³: up to ~1e-3 of the flux). The same kernel on a
         # 4× larger grid (same k-range, 4× finer dk) has 1/16 of it; the difference is the
@@ -115,8 +138,9 @@ class Kernel:
         if with_pixel:
             fine_half = fine_half * kspace.pixel_half_kimage(fine, grid.dk / 4, grid.pixel_scale)
         fine_half = self._masked(fine_half, grid.dk / 4, profile.maxk)
-        if wrap == "truncated":
-            self.half = self._masked(kspace.truncated_half(fine_half, self.support), grid.dk, profile.maxk)
+        if wrap == "truncated":  # kspace.truncated_half, keeping the samples for wider grids
+            self.samples = kspace.profile_samples(fine_half)
+            self.half = self._masked(kspace.cut_half(self.samples, self.support), grid.dk, profile.maxk)
             self.wrap = None  # nothing wraps in: no correction
             return
         unwrapped = kspace.to_stamps(
@@ -206,6 +230,35 @@ def galaxy_half_kimages(rows: np.ndarray, grid: kspace.KGrid, size: int, gsp: ga
     return out
 
 
+def psf_kernels_by_pad(
+    card: DatasetCard, psf_profile: galsim.GSObject, grid: kspace.KGrid, with_pixel: bool, pads: list[int]
+) -> dict[int, Kernel]:
+    """The PSF's kernel on each padded grid of ``pads`` (the card's ``grid`` and multiples).
+
+    Truncated kernels of the 2× and 4× grids are cut from the samples of the card grid's
+    (drawn once, also when no stamp of the group uses that grid, and then returned too), so
+    that every stamp's kernel depends on its PSF and its grid alone; a wider grid draws its
+    own."""
+    wrap = kernel_wrap(card)
+
+    def own(pad: int) -> Kernel:
+        return Kernel(psf_profile, kspace.KGrid(grid.stamp_size, grid.pixel_scale, pad), with_pixel, wrap=wrap)
+
+    if wrap != "truncated" or pads == [grid.pad_size] or all(pad > 4 * grid.pad_size for pad in pads):
+        return {pad: own(pad) for pad in pads}
+    base = own(grid.pad_size)
+    kernels = {grid.pad_size: base}
+    for pad in pads:
+        sub_grid = kspace.KGrid(grid.stamp_size, grid.pixel_scale, pad)
+        if pad == grid.pad_size:
+            continue
+        if pad <= 4 * grid.pad_size:
+            kernels[pad] = Kernel(psf_profile, sub_grid, with_pixel, wrap=wrap, base=base)
+        else:
+            kernels[pad] = own(pad)
+    return kernels
+
+
 def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | None = None) -> dict[str, np.ndarray]:
     """``noiseless``, ``truth`` and ``psf`` (float64) of stamps sharing one PSF (``rows[0]``'s)."""
     grid = grid or kgrid(card)
@@ -217,17 +270,16 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     fwhm = card.stamp.target_psf_fwhm_arcsec
     out = {"noiseless": np.empty((len(rows), n, n)), "truth": np.empty((len(rows), n, n))}
     pads = sorted(set(sizes.tolist()))  # the card's grid, and larger ones for large galaxies
-    psf_kernels = {
-        pad: Kernel(psf_profile, kspace.KGrid(n, grid.pixel_scale, pad), with_pixel, wrap=kernel_wrap(card))
-        for pad in pads
-    }
+    psf_kernels = psf_kernels_by_pad(card, psf_profile, grid, with_pixel, pads)
     # The PSF stamp, once per group: GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set
-    # by the group's smallest padded grid, or a point source through that grid's kernel.
+    # by the group's smallest padded grid, or a point source through the card grid's kernel.
     # drawImage draws a PSF without the pixel whose real-space profile is known (a PSFEx
     # model at its own pixel scale) directly, without an FFT, by its x-interpolant: that
     # stays, as no kernel (a band-limited transform) equals it.
     if psf_stamp(card) == "kernel" and (with_pixel or not psf_profile.is_analytic_x):
-        psf_image = psf_kernels[pads[0]].point_stamp()
+        if grid.pad_size not in psf_kernels:
+            psf_kernels.update(psf_kernels_by_pad(card, psf_profile, grid, with_pixel, [grid.pad_size]))
+        psf_image = psf_kernels[grid.pad_size].point_stamp()
     else:
         psf_image = draw_reference(
             psf_profile, n, grid.pixel_scale, "auto" if with_pixel else "no_pixel", reference_gsparams(pads[0])
