@@ -21,6 +21,7 @@ Stability rules (what keeps published checksums fixed when the catalogue grows):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -154,6 +155,7 @@ def params_dtype(profiles: Iterable[str], families: Iterable[str]) -> np.dtype:
     return np.dtype([(p.name, p.dtype) for p in params_columns(profiles, families)])
 
 
+@functools.cache
 def stream_key(name: str) -> int:
     """32-bit key of a named random stream (first 4 bytes of sha256(name), little-endian)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
