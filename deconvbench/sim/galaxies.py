@@ -223,15 +223,23 @@ def build_galaxy(row: Mapping[str, Any], pixel_scale_arcsec: float, gsparams: ga
     return place(intrinsic_galaxy(row, gsparams), row, pixel_scale_arcsec)
 
 
-def galaxy_parts(row: Mapping[str, Any], pixel_scale_arcsec: float, gsparams: galsim.GSParams):
+def galaxy_parts(
+    row: Mapping[str, Any],
+    pixel_scale_arcsec: float,
+    gsparams: galsim.GSParams,
+    intrinsic: galsim.GSObject | None = None,
+):
     """The galaxy split into a smooth GalSim profile and point sources, both placed.
 
     Returns ``(smooth, points_xy, points_flux)``: ``smooth`` a GSObject or None,
     ``points_xy`` (J, 2) final positions (x, y) in arcsec and ``points_flux`` (J,) counts.
     Point sources are the ``galsim.RandomKnots`` components of a sum (GalSim's own
     positions, mapped by :func:`galaxy_jacobian` and the shift); everything else stays
-    a GalSim profile. ``smooth`` + points is the same profile as :func:`build_galaxy`."""
-    intrinsic = intrinsic_galaxy(row, gsparams)
+    a GalSim profile. ``smooth`` + points is the same profile as :func:`build_galaxy`.
+    ``intrinsic``: :func:`intrinsic_galaxy` of ``row`` if already built (the stamps of a
+    metacal galaxy share it)."""
+    if intrinsic is None:
+        intrinsic = intrinsic_galaxy(row, gsparams)
     parts = intrinsic.obj_list if isinstance(intrinsic, galsim.Sum) else [intrinsic]
     knots = [p for p in parts if isinstance(p, galsim.RandomKnots)]
     smooth_parts = [p for p in parts if not isinstance(p, galsim.RandomKnots)]

@@ -32,7 +32,7 @@ import numpy as np
 from ..cards import DatasetCard
 from ..errors import DeconvbenchError
 from . import kspace
-from .galaxies import galaxy_jacobian, galaxy_parts
+from .galaxies import galaxy_jacobian, galaxy_parts, intrinsic_galaxy
 from .noise import noise_field, poisson_noise, sigma_for_snr
 from .psfs import build_psf, includes_pixel
 from .reference import MAX_FFT_SIZE, draw_reference, reference_gsparams
@@ -222,8 +222,12 @@ def pad_sizes(rows: np.ndarray, grid: kspace.KGrid) -> np.ndarray:
 def galaxy_half_kimages(rows: np.ndarray, grid: kspace.KGrid, size: int, gsp: galsim.GSParams) -> np.ndarray:
     """Half k-images (B, size, size//2+1) of the galaxies of ``rows``."""
     out = np.empty((len(rows), size, size // 2 + 1), dtype=np.complex128)
+    intrinsic: dict[int, galsim.GSObject] = {}  # the stamps of one galaxy (metacal slots) share it
     for i, row in enumerate(rows):
-        smooth, xy, flux = galaxy_parts(row, grid.pixel_scale, gsp)
+        galaxy = int(row["group"])
+        if galaxy not in intrinsic:
+            intrinsic[galaxy] = intrinsic_galaxy(row, gsp)
+        smooth, xy, flux = galaxy_parts(row, grid.pixel_scale, gsp, intrinsic=intrinsic[galaxy])
         out[i] = kspace.points_half_kimage(xy, flux, size, grid.dk)
         if smooth is not None:
             out[i] += kspace.half_kimage(smooth, size, grid.dk)
