@@ -20,6 +20,10 @@ and prints
 
     python benchmarks/psfex_taper.py --edges 1 0.1 0.01 --n-render 64 --groups 256
 
+``--kernel-wrap`` and ``--psf-stamp`` set the renderer's ``stamp.kernel_wrap`` and
+``stamp.psf_stamp`` on both cards (default: the v2 renderer), to measure the taper with the
+settings of the next card versions.
+
 The taper is applied by registering the ``psfex`` family again with a tapered builder, in
 this process only (the original is registered back afterwards).
 """
@@ -50,21 +54,29 @@ def tapered(build, edge: float):
     return builder
 
 
-def metacal_card(groups: int):
+def with_renderer(raw_stamp: dict, renderer: dict) -> dict:
+    """The card's ``[stamp]`` table with the renderer settings that are set (not None)."""
+    return {**raw_stamp, **{key: value for key, value in renderer.items() if value is not None}}
+
+
+def metacal_card(groups: int, renderer: dict):
     import tomllib
 
     from deconvbench.cards import DatasetCard, cards_dir
 
     raw = tomllib.loads((cards_dir() / "metacal-offsets.toml").read_text())
     raw["stamp"].update(size=48, pixel_scale_arcsec=0.141, target_psf_fwhm_arcsec=0.35, max_offset_pixels=1.0)
+    raw["stamp"] = with_renderer(raw["stamp"], renderer)
     raw["psf"].update(families={"psfex": 1.0}, psfex_models=PSFEX_MODELS, psfex_pixel_scale_arcsec=0.141)
     raw["splits"] = {"noiseless": {"n": 4 * groups, "seed": 2}}
     return DatasetCard.model_validate(raw)
 
 
-def measure(edge: float, n_render: int, groups: int) -> None:
+def measure(edge: float, n_render: int, groups: int, renderer: dict) -> None:
+    import tomllib
+
     from deconvbench.bias import render_groups
-    from deconvbench.cards import load_card
+    from deconvbench.cards import DatasetCard, cards_dir
     from deconvbench.metacal.measure import MetacalConfig, measure_batch, summarise
     from deconvbench.methods import Batch, load_method
     from deconvbench.sim.psfs import build_psf
@@ -76,7 +88,9 @@ def measure(edge: float, n_render: int, groups: int) -> None:
     original = psf_family("psfex")
     register(dataclasses.replace(original, build=tapered(original.build, edge)))  # same name: replaces it
     try:
-        card = load_card("superbit-v2")
+        raw = tomllib.loads((cards_dir() / "superbit-v2.toml").read_text())
+        raw["stamp"] = with_renderer(raw["stamp"], renderer)
+        card = DatasetCard.model_validate(raw)
         split = next(iter(card.splits))
         for row in validate_render(card, split, n_render):
             if row.by == "psf_family":
@@ -95,7 +109,7 @@ def measure(edge: float, n_render: int, groups: int) -> None:
             if len(fwhm) == 4:
                 break
         print(f"edge {edge:g}: PSF FWHM (arcsec) " + " ".join(f"{value:.4f}" for value in fwhm))
-        mcal = metacal_card(groups)
+        mcal = metacal_card(groups, renderer)
         arrays = render_groups(mcal, "noiseless", 0, groups)
         batch = Batch.from_rendered(arrays, mcal)
         fft, config = load_method("fft"), MetacalConfig()
@@ -118,11 +132,14 @@ def main() -> None:
     parser.add_argument("--edges", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     parser.add_argument("--n-render", type=int, default=64)
     parser.add_argument("--groups", type=int, default=256)
+    parser.add_argument("--kernel-wrap", choices=["point-corrected", "truncated"], default=None)
+    parser.add_argument("--psf-stamp", choices=["drawimage", "kernel"], default=None)
     args = parser.parse_args()
+    renderer = {"kernel_wrap": args.kernel_wrap, "psf_stamp": args.psf_stamp}
     for edge in args.edges:
         if not 0 < edge <= 1:
             parser.error(f"--edges must be in (0, 1], got {edge}")
-        measure(edge, args.n_render, args.groups)
+        measure(edge, args.n_render, args.groups, renderer)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ class Kernel:
 
     Drawn by GalSim out to ``MAX_FOLD`` × the pixel Nyquist frequency, then cut to the
     smallest centred square holding every |K(k)| > ``KERNEL_THRESHOLD``·K(0) (``support``
-    wide); products with a galaxy are embedded in a grid of ``size`` = m·N (zeros beyond
-    the support) and folded.
+    wide; a truncated kernel's is widened to a fast FFT length); a product with a galaxy's
+    transform on that square is folded onto the padded N-grid (zeros beyond the support).
 
     ``wrap``: how the profile's light beyond the periodic N-grid is kept out of the stamp.
     ``"point-corrected"`` (the v2 cards): the kernel is the profile's transform, and the light
