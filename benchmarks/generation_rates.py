@@ -1,6 +1,9 @@
 """Generation rate (stamps/s) and peak memory per card and worker count.
 
 Run: ``python benchmarks/generation_rates.py ground-v2:4096 space-v2:2048 --workers 1 2``.
+A spec ``CARD:N:KEY=VALUE:...`` sets card fields first (as ``validate-render --set``), e.g.
+``ground-v2:4096:stamp.kernel_wrap=truncated:stamp.psf_stamp=kernel``: a renderer variant
+of a card, measured in the same run as the card itself.
 Generates the first N stamps of each card's first split into a temporary folder and
 prints one line per (card, workers): stamps/s (wall clock of ``generate``, process
 start-up included), peak resident memory of the busiest process (MB) and the CPU seconds
@@ -11,6 +14,7 @@ worker processes.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -20,14 +24,14 @@ CHILD = """
 import json, resource, sys, time
 from deconvbench.cards import load_card
 from deconvbench.sim.generate import generate
-card = load_card(sys.argv[1]); split = next(iter(card.splits))
+card = load_card(sys.argv[1], json.loads(sys.argv[5])); split = next(iter(card.splits))
 t0 = time.perf_counter()
 report = generate(card, split, sys.argv[2], n=int(sys.argv[3]), workers=int(sys.argv[4]))
 seconds = time.perf_counter() - t0
 usage_self = resource.getrusage(resource.RUSAGE_SELF)
 usage_kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 own, kids = usage_self.ru_maxrss / 1024, usage_kids.ru_maxrss / 1024
-print(json.dumps(dict(card=card.name, split=split, n=report.n, workers=report.workers,
+print(json.dumps(dict(card=card.name, settings=json.loads(sys.argv[5]), split=split, n=report.n, workers=report.workers,
                       seconds=seconds, rate=report.n / seconds, checksum=report.checksum,
                       main_mb=own, worker_mb=kids if report.workers > 1 else own,
                       main_cpu_s=usage_self.ru_utime + usage_self.ru_stime,
@@ -37,16 +41,23 @@ print(json.dumps(dict(card=card.name, split=split, n=report.n, workers=report.wo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cards", nargs="+", help="CARD:N, e.g. ground-v2:4000 (CARD: a card's name or TOML path)")
+    parser.add_argument(
+        "cards",
+        nargs="+",
+        help="CARD:N[:KEY=VALUE...], e.g. ground-v2:4000 or ground-v2:4000:psf.galaxies_per_psf=256 "
+        "(CARD: a card's name or TOML path)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="deconvbench-rates-") as folder:
-        for spec in args.cards:
-            name, n = spec.split(":")
+        for number, spec in enumerate(args.cards):
+            name, n, *settings = spec.split(":")
             for workers in args.workers:
-                out = Path(folder) / f"{Path(name).stem}-{workers}.h5"  # a card's name or its TOML path
+                out = Path(folder) / f"{number}-{Path(name).stem}-{workers}.h5"  # a card's name or its TOML path
                 proc = subprocess.run(
-                    [sys.executable, "-c", CHILD, name, str(out), n, str(workers)], capture_output=True, text=True
+                    [sys.executable, "-c", CHILD, name, str(out), n, str(workers), json.dumps(settings)],
+                    capture_output=True,
+                    text=True,
                 )
                 if proc.returncode:
                     print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)

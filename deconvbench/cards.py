@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import tomllib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -357,8 +358,33 @@ def _format_validation_error(path: str, exc: ValidationError) -> str:
     return f"invalid card {path}: field '{where}': {msg}{more}"
 
 
-def load_card(name_or_path: str | Path) -> DatasetCard:
-    """Load and validate a card by name (``ground-v1``) or by path to a TOML file."""
+def apply_settings(raw: dict, settings: Sequence[str]) -> dict:
+    """The card table ``raw`` with each ``KEY=VALUE`` of ``settings`` set in it (in place).
+
+    KEY is a dotted path (``stamp.kernel_wrap``, ``psf.galaxies_per_psf``); VALUE is a TOML
+    value (``3``, ``0.5``, ``"x"``, ``[1, 2]``), a bare word being a string. The result is
+    validated like any card, so an unknown or bad field is one :class:`CardError`."""
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path):
+            raise CardError(f"a card setting is KEY=VALUE, e.g. stamp.kernel_wrap=truncated; got {setting!r}")
+        try:
+            parsed = tomllib.loads(f"value = {value.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise CardError(f"card setting {key.strip()!r}: {part!r} is not a table of the card")
+        table[path[-1]] = parsed
+    return raw
+
+
+def load_card(name_or_path: str | Path, settings: Sequence[str] = ()) -> DatasetCard:
+    """Load and validate a card by name (``ground-v1``) or by path to a TOML file, with
+    ``settings`` (``KEY=VALUE``, see :func:`apply_settings`) applied first."""
     text_path = Path(name_or_path)
     if text_path.suffix == ".toml" or text_path.exists():
         path = text_path
@@ -372,6 +398,7 @@ def load_card(name_or_path: str | Path) -> DatasetCard:
         raise CardError(f"card file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CardError(f"card {path} is not valid TOML: {exc}") from None
+    apply_settings(raw, settings)
     try:
         return DatasetCard.model_validate(raw)
     except ValidationError as exc:

@@ -319,6 +319,34 @@ def test_validate_render_command(tmp_path):
         text=True,
     )
     assert coarse.returncode == 2 and coarse.stderr.count("\n") == 1 and "--reference-fft-factor" in coarse.stderr
+    variant = subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "4"]
+        + ["--set", "stamp.kernel_wrap=truncated", "--set", 'stamp.psf_stamp="kernel"'],
+        capture_output=True,
+        text=True,
+    )
+    assert variant.returncode == 0, variant.stderr
+    assert "gaussian" in variant.stdout and variant.stdout != proc.stdout  # another renderer, other numbers
+    for setting, words in (("stamp.kernel_wrp=truncated", "kernel_wrp"), ("stamp", "KEY=VALUE")):
+        bad = subprocess.run(
+            [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--set", setting],
+            capture_output=True,
+            text=True,
+        )
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and words in bad.stderr, bad.stderr
+
+
+def test_card_settings_set_nested_fields_as_toml_values():
+    from deconvbench.cards import load_card
+    from deconvbench.errors import CardError
+
+    card = load_card("smoke", ["stamp.kernel_wrap=truncated", "psf.galaxies_per_psf = 8", 'description="a variant"'])
+    assert (card.stamp.kernel_wrap, card.psf.galaxies_per_psf, card.description) == ("truncated", 8, "a variant")
+    assert card.card_hash() != load_card("smoke").card_hash()
+    with pytest.raises(CardError, match="not a table"):
+        load_card("smoke", ["stamp.size.x=3"])
+    with pytest.raises(CardError, match="galaxies_per_psf"):
+        load_card("smoke", ["psf.galaxies_per_psf=0"])
 
 
 @pytest.fixture

@@ -21,13 +21,19 @@ def validate_render_command(
         help="GalSim's FFT grids of the reference >= this × the fast padded grid (larger: how far GalSim's own "
         "result still depends on its grid)",
     ),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="card setting KEY=VALUE applied before validating (repeatable), e.g. --set stamp.kernel_wrap=truncated "
+        "--set stamp.psf_stamp=kernel: a renderer variant of a card, without writing a card file",
+    ),
 ) -> None:
     """Compare the fast renderer with GalSim drawImage: max/rms |fast − reference|/peak and flux ratio."""
     from ..cards import load_card
     from ..sim.validate import validate_render
     from ..tables import render_validation_table
 
-    dataset_card = load_card(card)
+    dataset_card = load_card(card, settings)
     split = split or next(iter(dataset_card.splits))
     dataset_card.split(split)
     if n <= 0:
