@@ -184,6 +184,22 @@ def test_cli_passes_method_options(tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_cli_set_runs_a_card_variant(tmp_path):
+    """``bias --set stamp.psf_stamp=kernel`` renders a variant of the card: the result records
+    the variant's card hash and another stamps digest than the card's own run (which a
+    published stream checksum would then refuse); a bad setting is one line and exit 2."""
+    published = _bias_cli(tmp_path)
+    assert published.returncode == 0, published.stderr
+    base = json.loads((tmp_path / "o.json").read_text())
+    proc = _bias_cli(tmp_path, "--set", "stamp.psf_stamp=kernel")
+    assert proc.returncode == 0, proc.stderr
+    variant = json.loads((tmp_path / "o.json").read_text())
+    assert variant["dataset"]["card_hash"] != base["dataset"]["card_hash"]
+    assert variant["dataset"]["checksum"] != base["dataset"]["checksum"]
+    bad = _bias_cli(tmp_path, "--set", "stamp.psf_stamp=galsim")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "psf_stamp" in bad.stderr
+
+
 def test_a_split_size_changes_no_stamp():
     """A split's ``n`` only caps how many stamps can be drawn: the stamps of the first groups
     (and their digests, which chain into a bias run's dataset checksum) are the same for a

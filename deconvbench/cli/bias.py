@@ -38,6 +38,12 @@ def bias_command(
         None, "--device", help="run the Fourier route of wmom in JAX on cpu or gpu (default: numpy)"
     ),
     option: list[str] = typer.Option([], "--option", help="METHOD.key=value passed to the method"),
+    settings: list[str] = typer.Option(
+        [],
+        "--set",
+        help="card setting KEY=VALUE applied first (repeatable), e.g. --set stamp.kernel_wrap=truncated: a "
+        "variant of the card (its hash, recorded in the result, is then not the published card's)",
+    ),
     extend: Path | None = typer.Option(
         None, "--extend", help="result JSON of the same run with a smaller --n: continue from its saved state"
     ),
@@ -57,7 +63,7 @@ def bias_command(
     spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
     config = metacal_config(estimator, fixnoise, device, centring)
     method_options = parse_options(option, [method]).get(method, {})
-    card_obj = load_card(card)
+    card_obj = load_card(card, settings)
     card_obj.split(split)
     out = out or Path("out") / f"bias_{method}{metacal_suffix(config)}_{card_obj.name}_{split}_n{n}.json"
     deconvolver = load_method(method, **method_options)
