@@ -66,6 +66,11 @@ class LogNormal(_Strict):
         return self
 
 
+#: the renderer's settings of a card (``stamp.kernel_wrap``, ``stamp.psf_stamp``); the first is the default
+KERNEL_WRAPS = ("point-corrected", "truncated")
+PSF_STAMPS = ("drawimage", "kernel")
+
+
 class StampSpec(_Strict):
     size: int = Field(ge=8, le=512, description="stamp side n in pixels (square n×n)")
     pixel_scale_arcsec: float = Field(gt=0, le=2.0)
@@ -82,7 +87,7 @@ class StampSpec(_Strict):
             "reaches far beyond the stamp (its wrapped wings are corrected exactly only for point sources)"
         ),
     )
-    kernel_wrap: Literal["point-corrected", "truncated"] | None = Field(
+    kernel_wrap: Literal[KERNEL_WRAPS] | None = Field(
         None,
         description=(
             "how the renderer keeps PSF light from beyond the padded grid out of a stamp: 'point-corrected' "
@@ -90,7 +95,7 @@ class StampSpec(_Strict):
             "(the PSF's transform cut to one grid period: nothing wraps, exact for extended galaxies too)"
         ),
     )
-    psf_stamp: Literal["drawimage", "kernel"] | None = Field(
+    psf_stamp: Literal[PSF_STAMPS] | None = Field(
         None,
         description=(
             "how the renderer makes the 'psf' stamp: 'drawimage' (default, the v2 cards: GalSim's drawImage of "

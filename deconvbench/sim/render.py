@@ -29,7 +29,7 @@ import math
 import galsim
 import numpy as np
 
-from ..cards import DatasetCard
+from ..cards import KERNEL_WRAPS, PSF_STAMPS, DatasetCard
 from ..errors import DeconvbenchError
 from . import kspace
 from .galaxies import galaxy_jacobian, galaxy_parts, intrinsic_galaxy
@@ -61,10 +61,6 @@ def kgrid(card: DatasetCard, pad_factor: float | None = None) -> kspace.KGrid:
 
 def target_psf(card: DatasetCard, gsp: galsim.GSParams) -> galsim.GSObject:
     return galsim.Gaussian(fwhm=card.stamp.target_psf_fwhm_arcsec, gsparams=gsp)
-
-
-#: how a kernel treats the light of its profile beyond the padded grid (``stamp.kernel_wrap``)
-KERNEL_WRAPS = ("point-corrected", "truncated")
 
 
 class Kernel:
@@ -186,10 +182,6 @@ def _target_kernel(fwhm: float, stamp_size: int, pixel_scale: float, pad_size: i
 def kernel_wrap(card: DatasetCard) -> str:
     """The card's ``stamp.kernel_wrap`` (default ``"point-corrected"``, as every v2 card)."""
     return card.stamp.kernel_wrap or KERNEL_WRAPS[0]
-
-
-#: how the ``psf`` stamp is made (``stamp.psf_stamp``)
-PSF_STAMPS = ("drawimage", "kernel")
 
 
 def psf_stamp(card: DatasetCard) -> str:
