@@ -189,6 +189,15 @@ class PSFSpec(_Strict):
     psfex_models: list[str] = []
     psfex_field_pixels: tuple[float, float] = (9500.0, 6400.0)
     psfex_pixel_scale_arcsec: float = 0.141
+    psfex_taper_edge: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "psfex-tapered: the model is convolved with the round Gaussian whose transform is this at the "
+            "model's maxk (a smooth band limit instead of GalSim's hard cut; e.g. 0.01)"
+        ),
+    )
 
     @field_validator("families")
     @classmethod
@@ -205,8 +214,11 @@ class PSFSpec(_Strict):
 
     @model_validator(mode="after")
     def _psfex_needs_models(self):
-        if "psfex" in self.families and not self.psfex_models:
-            raise ValueError("family 'psfex' needs psfex_models")
+        for family in ("psfex", "psfex-tapered"):
+            if family in self.families and not self.psfex_models:
+                raise ValueError(f"family {family!r} needs psfex_models")
+        if "psfex-tapered" in self.families and self.psfex_taper_edge is None:
+            raise ValueError("family 'psfex-tapered' needs psfex_taper_edge")
         return self
 
 
@@ -329,12 +341,15 @@ class DatasetCard(_Strict):
         """The validated card as JSON with sorted keys (inf written as ``Infinity``).
 
         Optional tables and fields added after the v2 cards (``galaxy.sersic``, a split's
-        ``psf_model_error``, ``stamp.pad_factor``, ``stamp.kernel_wrap``, ``stamp.psf_stamp``) are left
-        out when absent, so that the hash of every earlier card is unchanged."""
+        ``psf_model_error``, ``stamp.pad_factor``, ``stamp.kernel_wrap``, ``stamp.psf_stamp``,
+        ``psf.psfex_taper_edge``) are left out when absent, so that the hash of every earlier card is
+        unchanged."""
         data = json.loads(self.model_dump_json())
         for field in ("pad_factor", "kernel_wrap", "psf_stamp"):
             if data["stamp"].get(field) is None:
                 data["stamp"].pop(field, None)
+        if data["psf"].get("psfex_taper_edge") is None:
+            data["psf"].pop("psfex_taper_edge", None)
         if data["galaxy"].get("sersic") is None:
             data["galaxy"].pop("sersic", None)
         for split in data["splits"].values():
