@@ -51,7 +51,7 @@ import numpy as np
 
 from .atomic import atomic_write, check_writable, json_safe, write_json_atomic
 from .cards import DatasetCard
-from .errors import DeconvbenchError, MethodError
+from .errors import DeconvbenchError, MethodError, UsageError
 from .execution import ExecutorSpec, make_executor
 from .execution.method_cache import MethodRef
 from .execution.method_cache import worker_method as _worker_method
@@ -284,6 +284,40 @@ def _extend_chain(chain: str, digests: list[str]) -> str:
     return chain
 
 
+def _chunk_digests(task: tuple[str, str, int, int]) -> list[str]:
+    """The group digests of one chunk ``(card_json, split, first_group, n_groups)`` (a
+    worker's task: rendering only)."""
+    from .sim.generate import render_chunk
+
+    return _group_digests(render_chunk(*task))
+
+
+def stream_digest(
+    card: DatasetCard,
+    split: str,
+    n: int,
+    chunk_groups: int = 64,
+    executor: ExecutorSpec | None = None,
+    progress=None,
+) -> str:
+    """The stamps digest of the first ``n`` stamps of a split, as a ``bias`` run of any method
+    records it in ``dataset.checksum`` (the generator's stamps, no method run)."""
+    if n <= 0 or n % GROUP:
+        raise UsageError(f"--n must be a positive multiple of {GROUP}, got {n}")
+    n_groups = n // GROUP
+    card_json = card.model_dump_json()
+    tasks = [
+        (card_json, split, first, min(chunk_groups, n_groups - first)) for first in range(0, n_groups, chunk_groups)
+    ]
+    chain = "00" * 32
+    with make_executor(executor or ExecutorSpec(kind="inline")) as ex:
+        for digests in ex.imap_ordered(_chunk_digests, tasks):
+            chain = _extend_chain(chain, digests)
+            if progress:
+                progress(GROUP * len(digests))
+    return chain
+
+
 @dataclass(frozen=True)
 class BiasTask:
     """One chunk of a streaming bias run: groups ``first_group .. first_group+n_groups``."""
@@ -410,7 +444,7 @@ def run_bias(
     meta = {
         "identity": identity.key(),
         "next_group": 0,
-        "chain": "00" * 32,
+        "chain": "00" * 32,  # as stream_digest
         "seconds": 0.0,
         "deconv_seconds": 0.0,
         "metacal_seconds": 0.0,

@@ -131,6 +131,22 @@ def published_checksum_of(path: Path) -> tuple[str, str | None]:
     return checksum, expected
 
 
+def record_stream_checksum(card: DatasetCard, split: str, n: int, digest: str) -> str:
+    """Publish the stamps digest of the first ``n`` stamps of a streamed split (what ``bias``
+    records in ``dataset.checksum``) in ``datasets/checksums.json``, under ``SPLIT:stream``
+    (the whole split) or ``SPLIT:stream@n``, the key ``submit`` checks a bias result against.
+    Returns the line ``card vV key: digest``."""
+    table = expected_checksums()
+    entry = table.setdefault(card.name, {"version": card.version, "splits": {}})
+    if entry.get("version") != card.version:
+        entry.clear()
+        entry.update({"version": card.version, "splits": {}})
+    key = f"{split}:stream" if n == card.split(split).n else f"{split}:stream@{n}"
+    entry["splits"][key] = {"n": int(n), "checksum": digest}
+    write_json_atomic(cards_dir() / "checksums.json", table, indent=2, sort_keys=True)
+    return f"{card.name} v{card.version} {key}: {digest}"
+
+
 def record_checksums(files: list[Path]) -> list[str]:
     """Publish the verified checksum of generated split(s) in ``datasets/checksums.json``.
 

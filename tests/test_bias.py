@@ -12,7 +12,7 @@ import pytest
 
 from deconvbench import leaderboard
 from deconvbench.bias import STREAMING_MODE, render_groups, run_bias
-from deconvbench.cards import load_card
+from deconvbench.cards import cards_dir, load_card
 from deconvbench.harness import run_method
 from deconvbench.metacal.measure import MetacalConfig
 from deconvbench.methods import load_method
@@ -135,6 +135,25 @@ def test_submit_accepts_a_stream_result_with_its_published_digest(streamed, monk
         leaderboard.validate_result(data)
 
 
+def test_published_stream_digest_is_the_bias_runs_digest(card, streamed, monkeypatch, tmp_path):
+    """``record-stream-checksum``'s digest (the generator's stamps, no method, other chunks)
+    is the ``dataset.checksum`` of a bias run; it is published under ``SPLIT:stream@N``,
+    where ``submit`` looks it up."""
+    import shutil
+
+    from deconvbench import cards, dataset_files
+    from deconvbench.bias import stream_digest
+
+    assert stream_digest(card, "noiseless", N, chunk_groups=3) == streamed["dataset"]["checksum"]
+    shutil.copy(cards.cards_dir() / "checksums.json", tmp_path / "checksums.json")
+    monkeypatch.setattr(cards, "cards_dir", lambda: tmp_path)
+    monkeypatch.setattr(dataset_files, "cards_dir", lambda: tmp_path)
+    line = dataset_files.record_stream_checksum(card, "noiseless", N, streamed["dataset"]["checksum"])
+    assert line.endswith(f"noiseless:stream@{N}: {streamed['dataset']['checksum']}")
+    assert cards.expected_checksum(card, "noiseless:stream", N) == streamed["dataset"]["checksum"]
+    assert cards.expected_checksum(card, "noiseless:stream", 2 * N) is None
+
+
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     proc = subprocess.run(
         [
@@ -158,6 +177,15 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     )
     assert proc.returncode == 2
     assert "metacal" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    for args, words in (
+        (["smoke-metacal", "--split", "snr50", "--n", "6"], "multiple of 4"),
+        ([str(cards_dir() / "smoke-metacal.toml"), "--split", "snr50", "--n", "8"], "not a card file"),
+        (["smoke-metacal", "--split", "nope", "--n", "8"], "no split"),
+    ):
+        bad = subprocess.run(
+            [sys.executable, "-m", "deconvbench.cli", "record-stream-checksum", *args], capture_output=True, text=True
+        )
+        assert bad.returncode == 2 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def _bias_cli(tmp_path, *extra):
