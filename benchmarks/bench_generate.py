@@ -32,3 +32,17 @@ class Generate:
 
     def peakmem_generate_256(self, card):
         generate(self.card, self.split, self.folder / "peak.h5", n=256, workers=1)
+
+
+#: the renderer settings of the next card versions (README: rendering)
+NEXT_RENDERER = ("stamp.kernel_wrap=truncated", "stamp.psf_stamp=kernel")
+
+
+class GenerateNextRenderer(Generate):
+    """As :class:`Generate`, each card with the next card versions' renderer settings
+    (truncated kernels, the ``psf`` stamp through the kernel): its own history, so that the
+    v2 cards' history above stays comparable."""
+
+    def setup(self, card):
+        super().setup(card)
+        self.card = load_card(card, NEXT_RENDERER)
