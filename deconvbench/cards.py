@@ -66,6 +66,10 @@ class LogNormal(_Strict):
         return self
 
 
+#: PSF families of PSFEx models (they need ``psf.psfex_models``; drawn at their own pixel scale
+#: they include the pixel)
+PSFEX_FAMILIES = ("psfex", "psfex-tapered")
+
 #: the renderer's settings of a card (``stamp.kernel_wrap``, ``stamp.psf_stamp``); the first is the default
 KERNEL_WRAPS = ("point-corrected", "truncated")
 PSF_STAMPS = ("drawimage", "kernel")
@@ -214,7 +218,7 @@ class PSFSpec(_Strict):
 
     @model_validator(mode="after")
     def _psfex_needs_models(self):
-        for family in ("psfex", "psfex-tapered"):
+        for family in PSFEX_FAMILIES:
             if family in self.families and not self.psfex_models:
                 raise ValueError(f"family {family!r} needs psfex_models")
         if "psfex-tapered" in self.families and self.psfex_taper_edge is None:

@@ -131,18 +131,23 @@ def published_checksum_of(path: Path) -> tuple[str, str | None]:
     return checksum, expected
 
 
+def _card_entry(table: dict, card: DatasetCard) -> dict:
+    """``card``'s entry of the checksums table; a new version's entry starts empty."""
+    entry = table.setdefault(card.name, {"version": card.version, "splits": {}})
+    if entry.get("version") != card.version:
+        entry.clear()
+        entry.update({"version": card.version, "splits": {}})
+    return entry
+
+
 def record_stream_checksum(card: DatasetCard, split: str, n: int, digest: str) -> str:
     """Publish the stamps digest of the first ``n`` stamps of a streamed split (what ``bias``
     records in ``dataset.checksum``) in ``datasets/checksums.json``, under ``SPLIT:stream``
     (the whole split) or ``SPLIT:stream@n``, the key ``submit`` checks a bias result against.
     Returns the line ``card vV key: digest``."""
     table = expected_checksums()
-    entry = table.setdefault(card.name, {"version": card.version, "splits": {}})
-    if entry.get("version") != card.version:
-        entry.clear()
-        entry.update({"version": card.version, "splits": {}})
     key = f"{split}:stream" if n == card.split(split).n else f"{split}:stream@{n}"
-    entry["splits"][key] = {"n": int(n), "checksum": digest}
+    _card_entry(table, card)["splits"][key] = {"n": int(n), "checksum": digest}
     write_json_atomic(cards_dir() / "checksums.json", table, indent=2, sort_keys=True)
     return f"{card.name} v{card.version} {key}: {digest}"
 
@@ -161,12 +166,8 @@ def record_checksums(files: list[Path]) -> list[str]:
         card = load_card(attrs["card_name"])
         if attrs["card_hash"] != card.card_hash():
             raise DataError(f"{path} was generated from a different version of card {card.name}")
-        entry = table.setdefault(card.name, {"version": card.version, "splits": {}})
-        if entry.get("version") != card.version:
-            entry.clear()
-            entry.update({"version": card.version, "splits": {}})
         key = attrs["split"] if int(attrs["n"]) == card.split(attrs["split"]).n else f"{attrs['split']}@{attrs['n']}"
-        entry["splits"][key] = {"n": int(attrs["n"]), "checksum": checksum}
+        _card_entry(table, card)["splits"][key] = {"n": int(attrs["n"]), "checksum": checksum}
         lines.append(f"{card.name} v{card.version} {key}: {checksum}")
     write_json_atomic(cards_dir() / "checksums.json", table, indent=2, sort_keys=True)
     return lines

@@ -57,10 +57,10 @@ def record_stream_checksum_command(
     from ..cards import load_card
     from ..dataset_files import check_n, record_stream_checksum
 
-    spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
-    card_obj = load_card(card)
     if Path(card).suffix == ".toml":
         raise UsageError("record-stream-checksum takes a published card's name, not a card file")
+    spec = executor_spec(executor, workers, scheduler, scheduler_file, blas_threads)
+    card_obj = load_card(card)
     check_n(card_obj, split, n)
     with progress_task(f"stream digest {card_obj.name}/{split}", n) as advance:
         digest = stream_digest(card_obj, split, n, executor=spec, progress=advance)

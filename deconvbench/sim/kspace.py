@@ -26,8 +26,8 @@ import galsim
 import numpy as np
 
 
-def _is_smooth(n: int) -> bool:
-    for p in (2, 3, 5):
+def _is_smooth(n: int, primes: tuple[int, ...] = (2, 3, 5)) -> bool:
+    for p in primes:
         while n % p == 0:
             n //= p
     return n == 1
@@ -36,14 +36,9 @@ def _is_smooth(n: int) -> bool:
 def fast_even_length(size: int) -> int:
     """Smallest even N ≥ ``size`` with no prime factor above 7 (a fast FFT length for pocketfft)."""
     n = size + size % 2
-    while True:
-        m = n
-        for p in (2, 3, 5, 7):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
+    while not _is_smooth(n, (2, 3, 5, 7)):
         n += 2
+    return n
 
 
 def padded_size(stamp_size: int, pad_factor: float) -> int:

@@ -32,7 +32,7 @@ import galsim
 import galsim.des
 import numpy as np
 
-from ..cards import psf_models_dir
+from ..cards import PSFEX_FAMILIES, psf_models_dir
 from .galaxies import _as_str, _uniform
 from .registry import Component, Param, register
 
@@ -56,7 +56,6 @@ PSFEX = (
 PSFEX_TAPER = Param(
     "psfex_taper_edge", "f8", "", "value at the PSFEx model's maxk of the Gaussian taper's transform (psfex-tapered)"
 )
-PSFEX_FAMILIES = ("psfex", "psfex-tapered")  # PSFEx models: they include their own pixel
 
 
 @functools.lru_cache(maxsize=32)
