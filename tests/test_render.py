@@ -317,57 +317,28 @@ def test_validate_render_on_smoke_is_within_1e4_of_galsim():
     assert max(r.max_rel for r in rows if r.image == "truth") < 4e-6
 
 
-def test_validate_render_command(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "4"],
-        capture_output=True,
-        text=True,
+def _validate_render(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", *args], capture_output=True, text=True
     )
+
+
+def test_validate_render_command(tmp_path):
+    proc = _validate_render("--n", "4")
     assert proc.returncode == 0, proc.stderr
     assert "max |Δ|/peak" in proc.stdout and "gaussian" in proc.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "0"],
-        capture_output=True,
-        text=True,
-    )
+    bad = _validate_render("--n", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--n" in bad.stderr
-    finer = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deconvbench.cli",
-            "validate-render",
-            "smoke",
-            "--n",
-            "4",
-            "--reference-fft-factor",
-            "6",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    finer = _validate_render("--n", "4", "--reference-fft-factor", "6")
     assert finer.returncode == 0, finer.stderr
     assert "gaussian" in finer.stdout and finer.stdout != proc.stdout  # another reference, other numbers
-    coarse = subprocess.run(
-        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--reference-fft-factor", "1"],
-        capture_output=True,
-        text=True,
-    )
+    coarse = _validate_render("--reference-fft-factor", "1")
     assert coarse.returncode == 2 and coarse.stderr.count("\n") == 1 and "--reference-fft-factor" in coarse.stderr
-    variant = subprocess.run(
-        [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--n", "4"]
-        + ["--set", "stamp.kernel_wrap=truncated", "--set", 'stamp.psf_stamp="kernel"'],
-        capture_output=True,
-        text=True,
-    )
+    variant = _validate_render("--n", "4", "--set", "stamp.kernel_wrap=truncated", "--set", 'stamp.psf_stamp="kernel"')
     assert variant.returncode == 0, variant.stderr
     assert "gaussian" in variant.stdout and variant.stdout != proc.stdout  # another renderer, other numbers
     for setting, words in (("stamp.kernel_wrp=truncated", "kernel_wrp"), ("stamp", "KEY=VALUE")):
-        bad = subprocess.run(
-            [sys.executable, "-m", "deconvbench.cli", "validate-render", "smoke", "--set", setting],
-            capture_output=True,
-            text=True,
-        )
+        bad = _validate_render("--set", setting)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and words in bad.stderr, bad.stderr
 
 
