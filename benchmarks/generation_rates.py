@@ -49,9 +49,13 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
+    specs = [spec.split(":") for spec in args.cards]
+    for spec, parts in zip(args.cards, specs, strict=True):
+        if len(parts) < 2 or not parts[1].isdigit():
+            parser.error(f"a card spec is CARD:N[:KEY=VALUE...], got {spec!r}")
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="deconvbench-rates-") as folder:
-        for number, spec in enumerate(args.cards):
-            name, n, *settings = spec.split(":")
+        for number, (name, n, *settings) in enumerate(specs):
             for workers in args.workers:
                 out = Path(folder) / f"{number}-{Path(name).stem}-{workers}.h5"  # a card's name or its TOML path
                 proc = subprocess.run(
@@ -59,10 +63,13 @@ def main() -> None:
                     capture_output=True,
                     text=True,
                 )
-                if proc.returncode:
+                if proc.returncode:  # reported; the other cards still run
                     print(proc.stderr.strip().splitlines()[-1], file=sys.stderr)
+                    failed += 1
                     continue
                 print(proc.stdout.strip(), flush=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
