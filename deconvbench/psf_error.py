@@ -16,8 +16,9 @@ Conventions (δ = model − true):
   ``(Ixx − Iyy)/T = 2 δg₁/(1 + δg²) ≈ 2 δg₁``.
 
 Both act on the PSF profile *before* the pixel: the model stamp is drawn exactly like
-the generator draws the stored ``psf`` stamp (:mod:`deconvbench.sim.render`: GalSim's
-``drawImage`` with the pixel — none for PSFEx models at their own scale — centred on
+the generator draws the stored ``psf`` stamp (:func:`deconvbench.sim.render.psf_stamp_image`:
+by the card's ``stamp.psf_stamp``, a point source through the PSF's kernel or GalSim's
+``drawImage``, with the pixel — none for PSFEx models at their own scale — centred on
 pixel (n//2, n//2), normalised to sum 1, float32), one stamp per PSF group. With a
 zero error the model stamps equal the stored ones (tested).
 
@@ -144,22 +145,14 @@ class ModelPSFs:
 
     def _draw(self, psf_index: int) -> np.ndarray:
         from .sim.psfs import includes_pixel
-        from .sim.reference import draw_reference, reference_gsparams
-        from .sim.render import gsparams, kgrid, pad_sizes
+        from .sim.render import gsparams, kgrid, pad_sizes, psf_stamp_image
 
         rows = self.params[self.params["psf_index"] == psf_index]
         grid = kgrid(self.card)
-        # the generator draws the psf stamp on the FFT settings of the group's smallest padded grid
-        pad = int(pad_sizes(rows, grid).min())
+        pads = sorted(set(pad_sizes(rows, grid).tolist()))
         with_pixel = not includes_pixel(rows[0], grid.pixel_scale)
-        image = draw_reference(
-            model_profile(rows[0], self.error, gsparams()),
-            grid.stamp_size,
-            grid.pixel_scale,
-            "auto" if with_pixel else "no_pixel",
-            reference_gsparams(pad),
-        )
-        return (image / image.sum()).astype(np.float32)
+        profile = model_profile(rows[0], self.error, gsparams())
+        return psf_stamp_image(self.card, profile, grid, with_pixel, pads).astype(np.float32)
 
     def stamps(self, rows: np.ndarray) -> np.ndarray:
         """Model PSF stamps (B, n, n) float32 of ``rows`` (a slice of ``params``)."""

@@ -255,6 +255,37 @@ def psf_kernels_by_pad(
     return kernels
 
 
+def psf_stamp_image(
+    card: DatasetCard,
+    psf_profile: galsim.GSObject,
+    grid: kspace.KGrid,
+    with_pixel: bool,
+    pads: list[int],
+    psf_kernels: dict[int, Kernel] | None = None,
+) -> np.ndarray:
+    """The ``psf`` stamp (n, n) float64, normalised to sum 1, of a PSF group whose stamps use
+    the padded grids ``pads``: with ``psf_stamp = "kernel"`` a point source on pixel
+    (n//2, n//2) through the card grid's kernel (taken from ``psf_kernels`` when there),
+    else GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set by the smallest padded
+    grid. drawImage draws a PSF without the pixel whose real-space profile is known (a PSFEx
+    model at its own pixel scale) directly, without an FFT, by its x-interpolant: that
+    stays, as no kernel (a band-limited transform) equals it. The generator and the model
+    PSFs of :mod:`deconvbench.psf_error` both draw it here."""
+    if psf_stamp(card) == "kernel" and (with_pixel or not psf_profile.is_analytic_x):
+        if not psf_kernels or grid.pad_size not in psf_kernels:
+            psf_kernels = psf_kernels_by_pad(card, psf_profile, grid, with_pixel, [grid.pad_size])
+        image = psf_kernels[grid.pad_size].point_stamp()
+    else:
+        image = draw_reference(
+            psf_profile,
+            grid.stamp_size,
+            grid.pixel_scale,
+            "auto" if with_pixel else "no_pixel",
+            reference_gsparams(min(pads)),
+        )
+    return image / image.sum()
+
+
 def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | None = None) -> dict[str, np.ndarray]:
     """``noiseless``, ``truth`` and ``psf`` (float64) of stamps sharing one PSF (``rows[0]``'s)."""
     grid = grid or kgrid(card)
@@ -267,20 +298,7 @@ def render_noiseless(card: DatasetCard, rows: np.ndarray, grid: kspace.KGrid | N
     out = {"noiseless": np.empty((len(rows), n, n)), "truth": np.empty((len(rows), n, n))}
     pads = sorted(set(sizes.tolist()))  # the card's grid, and larger ones for large galaxies
     psf_kernels = psf_kernels_by_pad(card, psf_profile, grid, with_pixel, pads)
-    # The PSF stamp, once per group: GalSim's drawImage of the PSF (⊗ pixel), its FFT grid set
-    # by the group's smallest padded grid, or a point source through the card grid's kernel.
-    # drawImage draws a PSF without the pixel whose real-space profile is known (a PSFEx
-    # model at its own pixel scale) directly, without an FFT, by its x-interpolant: that
-    # stays, as no kernel (a band-limited transform) equals it.
-    if psf_stamp(card) == "kernel" and (with_pixel or not psf_profile.is_analytic_x):
-        if grid.pad_size not in psf_kernels:
-            psf_kernels.update(psf_kernels_by_pad(card, psf_profile, grid, with_pixel, [grid.pad_size]))
-        psf_image = psf_kernels[grid.pad_size].point_stamp()
-    else:
-        psf_image = draw_reference(
-            psf_profile, n, grid.pixel_scale, "auto" if with_pixel else "no_pixel", reference_gsparams(pads[0])
-        )
-    psf_image = psf_image / psf_image.sum()
+    psf_image = psf_stamp_image(card, psf_profile, grid, with_pixel, pads, psf_kernels)
     for pad in pads:
         sub_grid = kspace.KGrid(n, grid.pixel_scale, pad)
         psf = psf_kernels[pad]
