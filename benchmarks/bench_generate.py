@@ -13,7 +13,7 @@ from deconvbench.sim.generate import generate
 class Generate:
     """Generate the first 256 stamps of a card's first split with one worker."""
 
-    params = ["ground-v2", "space-v2", "metacal-v2", "superbit-v2"]
+    params = ["ground-v3", "space-v3", "metacal-v3", "superbit-v3"]
     param_names = ["card"]
     number = 1
     repeat = (1, 3, 60.0)

@@ -194,8 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/ablation"))
     parser.add_argument("--variants", nargs="*", default=["all"], help="variant names (default all)")
     parser.add_argument("--reference", nargs="*", default=[], help="registered methods to measure as they are")
-    parser.add_argument("--dataset", default="ground-v2")
-    parser.add_argument("--mcal-dataset", default="metacal-v2", help="metacal card of the same geometry, or none")
+    parser.add_argument("--dataset", default="ground-v3")
+    parser.add_argument("--mcal-dataset", default="metacal-v3", help="metacal card of the same geometry, or none")
     parser.add_argument(
         "--mcal-option", action="append", default=[], help="extra --option for the metacal runs (repeatable)"
     )

@@ -1,8 +1,8 @@
 """Wall time of ``generate``, ``bias`` and ``run`` on each executor, back to back, with the
 identity of what each run produced (the table of the README section "Running on a cluster").
 
-    python benchmarks/executor_commands.py generate --card metacal-v2 --split snr20 --n 20000
-    python benchmarks/executor_commands.py bias --method fft --card metacal-v2 --split snr20 --n 20000
+    python benchmarks/executor_commands.py generate --card metacal-v3 --split snr20 --n 20000
+    python benchmarks/executor_commands.py bias --method fft --card metacal-v3 --split snr20 --n 20000
     python benchmarks/executor_commands.py run --method fft --data FILE.h5 --metacal
 
 Every command runs as its own process (start-up included), once per entry of ``--order``
@@ -79,7 +79,7 @@ def identity(command: str, out: Path) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("generate", "bias", "run"))
-    parser.add_argument("--card", default="metacal-v2")
+    parser.add_argument("--card", default="metacal-v3")
     parser.add_argument("--split", default="snr20")
     parser.add_argument("--n", type=int, default=None, help="stamps (bias: required)")
     parser.add_argument("--method", default="fft")

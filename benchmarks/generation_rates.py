@@ -1,8 +1,8 @@
 """Generation rate (stamps/s) and peak memory per card and worker count.
 
-Run: ``python benchmarks/generation_rates.py ground-v2:4096 space-v2:2048 --workers 1 2``.
+Run: ``python benchmarks/generation_rates.py ground-v3:4096 space-v3:2048 --workers 1 2``.
 A spec ``CARD:N:KEY=VALUE:...`` sets card fields first (as ``validate-render --set``), e.g.
-``ground-v2:4096:stamp.kernel_wrap=truncated:stamp.psf_stamp=kernel``: a renderer variant
+``ground-v3:4096:stamp.kernel_wrap=truncated:stamp.psf_stamp=kernel``: a renderer variant
 of a card, measured in the same run as the card itself.
 Generates the first N stamps of each card's first split into a temporary folder and
 prints one line per (card, workers): stamps/s (wall clock of ``generate``, process
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument(
         "cards",
         nargs="+",
-        help="CARD:N[:KEY=VALUE...], e.g. ground-v2:4000 or ground-v2:4000:psf.galaxies_per_psf=256 "
+        help="CARD:N[:KEY=VALUE...], e.g. ground-v3:4000 or ground-v3:4000:psf.galaxies_per_psf=256 "
         "(CARD: a card's name or TOML path)",
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])

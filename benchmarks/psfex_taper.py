@@ -11,7 +11,7 @@ This script convolves each PSFEx PSF with a round Gaussian whose transform is ``
 the PSF's maxk (``σ = sqrt(−2 ln EDGE) / maxk``; EDGE = 1: no taper), for each EDGE given,
 and prints
 
-* ``validate-render`` of the first ``--n-render`` stamps of superbit-v2's first split
+* ``validate-render`` of the first ``--n-render`` stamps of superbit-v3's first split
   (max and rms of |fast − GalSim| / peak, flux ratio; the PSFEx rows);
 * the FWHM (GalSim adaptive moments, arcsec) of the first four distinct PSFs;
 * fft + metacal + wmom on ``--groups`` groups of a noiseless metacal card with PSFEx PSFs
@@ -88,7 +88,7 @@ def measure(edge: float, n_render: int, groups: int, renderer: dict) -> None:
     original = psf_family("psfex")
     register(dataclasses.replace(original, build=tapered(original.build, edge)))  # same name: replaces it
     try:
-        raw = tomllib.loads((cards_dir() / "superbit-v2.toml").read_text())
+        raw = tomllib.loads((cards_dir() / "superbit-v3.toml").read_text())
         raw["stamp"] = with_renderer(raw["stamp"], renderer)
         card = DatasetCard.model_validate(raw)
         split = next(iter(card.splits))

@@ -7,7 +7,7 @@ prior). This script measures, on a split with noiseless images, the mean per-sta
 of that noise alone, ``Σ|band(noise~ T~/P~)|² / Σ truth²``, per SNR level: a lower bound
 on the NMSE of any deconvolver that is exact for q ≤ q_flat, whatever it does beyond.
 
-    python benchmarks/unbiased_nmse_floor.py --dataset ground-v2 --split val --q-flat 1 2 3 3.5 4
+    python benchmarks/unbiased_nmse_floor.py --dataset ground-v3 --split val --q-flat 1 2 3 3.5 4
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from deconvbench_baselines.deconvnet.filter_model import FilterConfig, prepare
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ground-v2")
+    parser.add_argument("--dataset", default="ground-v3")
     parser.add_argument("--split", default="val")
     parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--q-flat", type=float, nargs="+", default=[1.0, 2.0, 3.0, 3.5, 4.0])

@@ -106,7 +106,7 @@ def resolve_run_files(
         if not dataset or not split:
             raise UsageError("say what to run on: --data FILE, or --dataset CARD --split SPLIT")
         return [ensure_dataset(dataset, split, n=n, workers=workers, progress=progress, notify=notify)]
-    card = load_run_card(dataset or "metacal-v2")
+    card = load_run_card(dataset or "metacal-v3")
     if card.kind != "metacal":
         raise UsageError(f"--metacal needs a constant-shear card (kind = metacal), not {card.name}")
     splits = [split] if split else list(card.splits)

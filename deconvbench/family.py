@@ -12,7 +12,7 @@ A method declares its domain with ``training_domain() -> dict`` (keys ``card``,
 ``target_fwhm_arcsec``; None where unknown). Without ``psf_families``, the families of
 the training card are read from ``datasets/`` — the card of that name, or where it is no
 longer published, the newest published version of the same card (``ground-v1`` →
-``ground-v2``), which the block names as ``psf_families_from``.
+``ground-v3``), which the block names as ``psf_families_from``.
 """
 
 from __future__ import annotations

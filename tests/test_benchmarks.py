@@ -59,9 +59,9 @@ def test_benchmark_data_stays_in_the_working_folder(tmp_path, monkeypatch):
     path = Path(_bench("_data").generate_split("smoke", "test", n=8))
     assert path.is_relative_to(tmp_path) and path.exists()
     generate = _bench("bench_generate").Generate()
-    generate.setup("ground-v2")
+    generate.setup("ground-v3")
     assert generate.folder.exists()
-    generate.teardown("ground-v2")
+    generate.teardown("ground-v3")
     assert not generate.folder.exists()
     assert set(Path(tempfile.gettempdir()).glob("deconvbench-asv-*")) == before
 
@@ -86,7 +86,7 @@ def test_ablation_variants_build_valid_train_commands(tmp_path):
     from deconvbench_baselines.deconvnet.objectives import UNetObjective
 
     ablation = importlib.import_module("benchmarks.deconvnet_ablation")
-    args = argparse.Namespace(out=tmp_path, dataset="ground-v2", n_train=4000, n_val=1000, epochs=2,
+    args = argparse.Namespace(out=tmp_path, dataset="ground-v3", n_train=4000, n_val=1000, epochs=2,
                               batch_size=32, lr=1e-2, device="cpu", threads=1)  # fmt: skip
     for name, variant in ablation.VARIANTS.items():
         method, cmd = ablation.train_command(name, args)

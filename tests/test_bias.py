@@ -213,13 +213,13 @@ def test_cli_passes_method_options(tmp_path):
 
 
 def test_cli_set_runs_a_card_variant(tmp_path):
-    """``bias --set stamp.psf_stamp=kernel`` renders a variant of the card: the result records
+    """``bias --set stamp.psf_stamp=drawimage`` renders a variant of the card: the result records
     the variant's card hash and another stamps digest than the card's own run (which a
     published stream checksum would then refuse); a bad setting is one line and exit 2."""
     published = _bias_cli(tmp_path)
     assert published.returncode == 0, published.stderr
     base = json.loads((tmp_path / "o.json").read_text())
-    proc = _bias_cli(tmp_path, "--set", "stamp.psf_stamp=kernel")
+    proc = _bias_cli(tmp_path, "--set", "stamp.psf_stamp=drawimage")
     assert proc.returncode == 0, proc.stderr
     variant = json.loads((tmp_path / "o.json").read_text())
     assert variant["dataset"]["card_hash"] != base["dataset"]["card_hash"]

@@ -278,9 +278,9 @@ def test_shipped_weights_card_and_smoke_numbers(smoke_test_file, tmp_path):
     from deconvbench.methods import load_method
     from deconvbench_baselines.deconvnet.filter_plugin import default_filter_weights_path
 
-    path = default_filter_weights_path("ground-v2")
+    path = default_filter_weights_path("ground-v3")
     _, config, metadata = load_filter_weights(path)
-    assert metadata["dataset"] == "ground-v2" and metadata["pixel_scale_arcsec"] == 0.2
+    assert metadata["dataset"] == "ground-v3" and metadata["pixel_scale_arcsec"] == 0.2
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["config"] == config.to_dict()
     for key in ("command", "validation", "measured", "hardware", "wall_time_s", "best_epoch"):
@@ -293,7 +293,7 @@ def test_shipped_weights_card_and_smoke_numbers(smoke_test_file, tmp_path):
     assert result["metrics"]["overall"]["nmse"]["mean"] == pytest.approx(SMOKE_NMSE, rel=1e-6)
 
 
-SMOKE_NMSE = 9.124794468115795  # measured with the shipped weights (float64 throughout)
+SMOKE_NMSE = 6.912204195694842  # measured with the shipped weights (float64 throughout)
 
 
 def test_a_diverged_training_stops_and_keeps_its_best_epoch(tmp_path):
@@ -327,24 +327,24 @@ def test_a_diverged_training_stops_and_keeps_its_best_epoch(tmp_path):
 def test_other_geometry_is_refused_with_the_fitting_shipped_weights_named(tmp_path):
     from deconvbench_baselines.deconvnet.plugin import shipped_weights_for
 
-    ground = DeconvFilterTorch(device="cpu")  # shipped ground-v2 weights (0.2", target 0.5")
+    ground = DeconvFilterTorch(device="cpu")  # shipped ground-v3 weights (0.2", target 0.5")
     stamps = np.zeros((2, N, N))
     psf = np.full((2, N, N), 1.0 / N**2)
     space_like = Batch(observed=stamps, psf=psf, noise_sigma=np.ones(2), pixel_scale_arcsec=0.1, target_fwhm_arcsec=0.2)
     fitting = shipped_weights_for("deconvfilter", 0.1, 0.2)
-    assert fitting == ["space-v2"]
+    assert fitting == ["space-v3"]
     with pytest.raises(MethodError, match="were trained for pixel_scale_arcsec=0.2") as info:
         ground.deconvolve(space_like)
     for dataset in fitting:
         assert f"--option deconvfilter.dataset={dataset}" in str(info.value)
-    assert shipped_weights_for("deconvfilter", 0.2, 0.5) == ["ground-v2"]
+    assert shipped_weights_for("deconvfilter", 0.2, 0.5) == ["ground-v3"]
     out = DeconvFilterTorch(device="cpu", allow_out_of_family=True)
     assert out.deconvolve(space_like).shape == stamps.shape and out.params()["allow_out_of_family"] is True
     with pytest.raises(MethodError, match="allow_out_of_family"):
         DeconvFilterTorch(device="cpu", allow_out_of_family="yes")
 
 
-@pytest.mark.parametrize("dataset", ["ground-v2", "space-v2", "superbit-v2"])
+@pytest.mark.parametrize("dataset", ["ground-v3", "space-v3", "superbit-v3"])
 def test_every_deconvolution_card_has_shipped_weights_with_a_model_card(dataset):
     """Weights for each card, trained on that card (geometry recorded), with per-SNR
     validation metrics and the measured test metrics in the model card."""

@@ -33,7 +33,7 @@ def test_generated_smoke_split_matches_its_published_checksum(smoke_test_file):
 
 def test_valid_result_is_accepted_under_its_canonical_name(fft_result, tmp_path):
     target = submit(fft_result, tmp_path / "results")
-    assert target.name == "smoke-v2_test_fft.json"
+    assert target.name == "smoke-v3_test_fft.json"
     assert json.loads(target.read_text()) == json.loads(fft_result.read_text())
     with pytest.raises(SubmissionError, match="exists"):
         submit(fft_result, tmp_path / "results")
@@ -90,10 +90,10 @@ def test_leaderboard_is_deterministic_and_check_detects_edits(fft_result, tmp_pa
     cli = [sys.executable, "-m", "deconvbench.cli", "leaderboard", "--results-dir", str(results), "--out", str(board)]
     assert subprocess.run(cli, capture_output=True).returncode == 0
     text = board.read_text()
-    assert "| fft" in text and "smoke-v2_test_fft.json" in text
+    assert "| fft" in text and "smoke-v3_test_fft.json" in text
     assert render_leaderboard(results) == text
     assert subprocess.run(cli + ["--check"], capture_output=True).returncode == 0
-    result_file = results / "smoke-v2_test_fft.json"
+    result_file = results / "smoke-v3_test_fft.json"
     data = json.loads(result_file.read_text())
     data["metrics"]["overall"]["nmse"]["mean"] *= 0.5
     result_file.write_text(json.dumps(data))

@@ -38,12 +38,12 @@ def test_html_has_the_rows_of_the_markdown_in_the_same_order():
     assert page.count("<h2>") == md.count("\n## ") == 13
     assert page.count('<table class="sortable">') == 14
     # numbers are the markdown's cells, and every cell carries its raw value for sorting
-    assert '<td data-v="0.02392559248918909">2.393e-02</td>' in page
+    assert '<td data-v="0.02392561087228576">2.393e-02</td>' in page
 
 
 def test_html_escapes_result_text(tmp_path):
-    results = _results_copy(tmp_path, "ground-v2-v2_test_fft.json")
-    path = results / "ground-v2-v2_test_fft.json"
+    results = _results_copy(tmp_path, "ground-v3-v3_test_fft.json")
+    path = results / "ground-v3-v3_test_fft.json"
     data = json.loads(path.read_text())
     data["hardware"]["cpu"] = '<img src=x onerror="alert(1)">'
     path.write_text(json.dumps(data))
@@ -57,7 +57,7 @@ def test_empty_results_give_a_page_that_says_so(tmp_path):
 
 
 def test_leaderboard_command_writes_both_and_check_covers_the_html(tmp_path):
-    results = _results_copy(tmp_path, "space-v2-*.json")
+    results = _results_copy(tmp_path, "space-v3-*.json")
     board = tmp_path / "board.md"
     cli = [sys.executable, "-m", "deconvbench.cli", "leaderboard", "--results-dir", str(results), "--out", str(board)]
     assert subprocess.run(cli, capture_output=True).returncode == 0

@@ -56,7 +56,7 @@ def test_pruned_padded_ffts_equal_the_full_transforms(n):
 def test_fft_float32_metacal_images_stay_within_1e4_of_a_pad3_reference(smoke_metacal_snr50_file):  # noqa: F811
     """fft in float32 at SNR 50 (smoke-metacal): every metacal image within 1e-4 of its peak
     of the float64 pad-3 reference (measured 7.762e-5, the pad-1.5 grid's own difference:
-    float64 gives 7.761e-5); float32 against float64 on the same grid: 1.38e-7."""
+    float64 gives 7.761e-5); float32 against float64 on the same grid: 1.52e-7 (1.38e-7 on v2)."""
     batch, _ = _batch(smoke_metacal_snr50_file)
     pixel, target = batch.pixel_scale_arcsec, batch.target_fwhm_arcsec
     reconv = reconv_fwhm(batch.psf, pixel)
@@ -73,7 +73,7 @@ def test_fft_float32_metacal_images_stay_within_1e4_of_a_pad3_reference(smoke_me
 
     assert worst(fast, reference) < 1e-4
     assert worst(fast, reference) == pytest.approx(7.7619e-5, rel=1e-3)
-    assert worst(fast, same_grid) == pytest.approx(1.377e-7, rel=0.02)
+    assert worst(fast, same_grid) == pytest.approx(1.518e-7, rel=0.02)
 
 
 def test_measure_batch_with_a_given_reconv_is_the_same_measurement(smoke_metacal_snr50_file):  # noqa: F811

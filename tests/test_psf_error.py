@@ -177,12 +177,12 @@ def test_sensitivity_command_runs_the_grid_and_prints_the_fit(smoke_metacal_file
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "fft_smoke-metacal-v2_noiseless_psferr-size+0-e1+0-e2+0.json",
-        "fft_smoke-metacal-v2_noiseless_psferr-size+0-e1+0.005-e2+0.json",
-        "fft_smoke-metacal-v2_noiseless_psferr-size+0.02-e1+0-e2+0.json",
+        "fft_smoke-metacal-v3_noiseless_psferr-size+0-e1+0-e2+0.json",
+        "fft_smoke-metacal-v3_noiseless_psferr-size+0-e1+0.005-e2+0.json",
+        "fft_smoke-metacal-v3_noiseless_psferr-size+0.02-e1+0-e2+0.json",
     ]
     # the same numbers as the library runs above: 1.482 ± …, -1.816 ± …, K = 1.577
-    assert "| fft      | smoke-metacal v2 noiseless (n = 64) | 1.482 ± 0.210 | -1.816 ± 0.251 | –  " in proc.stdout
+    assert "| fft      | smoke-metacal v3 noiseless (n = 64) | 1.482 ± 0.210 | -1.816 ± 0.251 | –  " in proc.stdout
     assert "| 1.577 " in proc.stdout
     bad = subprocess.run([*args, "--sizes", "0,abc", "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sizes" in bad.stderr

@@ -65,7 +65,7 @@ def test_submit_rejects_failed_stamps_unless_allowed_and_leaderboard_counts_them
     # counted from the end: the headers before it contain escaped pipes
     assert [c.strip() for c in header.split("|")][-7] == "failures"
     assert [c.strip() for c in row.split("|")][-7] == "32"
-    assert target.name == "smoke-v2_test_nan-every-2.json"
+    assert target.name == "smoke-v3_test_nan-every-2.json"
     all_failed = run_method(_NaNEvery(1), smoke_test_file, tmp_path / "all.json", batch_size=16)
     with pytest.raises(SubmissionError, match="every stamp failed"):
         submit(tmp_path / "all.json", tmp_path / "results", allow_failures=True)
@@ -236,7 +236,7 @@ def test_unwritable_outputs_fail_before_any_work(smoke_test_file, tmp_path):
     "args, message",
     [
         (["leaderboard", "--out", "/proc/lb.md"], "cannot write"),
-        (["submit", "results/ground-v2-v2_test_fft.json", "--results-dir", "/proc/res"], "cannot write"),
+        (["submit", "results/ground-v3-v3_test_fft.json", "--results-dir", "/proc/res"], "cannot write"),
     ],
 )
 def test_cli_unwritable_outputs_are_one_line(args, message):
@@ -274,7 +274,7 @@ def test_train_generates_only_n_train_and_n_val_stamps(tmp_path):
         "--out", str(tmp_path / "run"), env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    files = sorted(p.name for p in (tmp_path / "data" / "smoke-v2").iterdir())
+    files = sorted(p.name for p in (tmp_path / "data" / "smoke-v3").iterdir())
     assert files == ["train-n16.h5", "val-n8.h5"]
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
     assert card["dataset"]["n_train"] == 16 and card["validation"]["n"] == 8
@@ -282,20 +282,20 @@ def test_train_generates_only_n_train_and_n_val_stamps(tmp_path):
 
 # -- 8. result names ------------------------------------------------------------------------
 def test_result_names_depend_on_every_choice_that_changes_the_numbers(smoke_test_file, tmp_path):
-    base = result_stem("fft", "smoke-v2_test", 64, 64)
+    base = result_stem("fft", "smoke-v3_test", 64, 64)
     names = {
         base,
-        result_stem("fft", "smoke-v2_test", 32, 64),
-        result_stem("fft", "smoke-v2_test", 64, 64, {"threshold": 0.01}),
-        result_stem("fft", "smoke-v2_test", 64, 64, {"threshold": 0.02}),
-        result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(estimator="admom")),
-        result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(fixnoise=True)),
-        result_stem("fft", "smoke-v2_test", 64, 64, None, MetacalConfig(centring="regularised")),
+        result_stem("fft", "smoke-v3_test", 32, 64),
+        result_stem("fft", "smoke-v3_test", 64, 64, {"threshold": 0.01}),
+        result_stem("fft", "smoke-v3_test", 64, 64, {"threshold": 0.02}),
+        result_stem("fft", "smoke-v3_test", 64, 64, None, MetacalConfig(estimator="admom")),
+        result_stem("fft", "smoke-v3_test", 64, 64, None, MetacalConfig(fixnoise=True)),
+        result_stem("fft", "smoke-v3_test", 64, 64, None, MetacalConfig(centring="regularised")),
     }
-    assert len(names) == 7 and base == "fft_smoke-v2_test"
+    assert len(names) == 7 and base == "fft_smoke-v3_test"
     assert result_stem("fft", "t", 64, 64, {"threshold": 0.01}) == "fft_t_threshold=0.01"
     plans = plan_outputs([smoke_test_file], ["fft", "wiener"], {"fft": {"threshold": 0.01}}, tmp_path, None)
-    assert [p.result.name for p in plans] == ["fft_smoke-v2_test_threshold=0.01.json", "wiener_smoke-v2_test.json"]
+    assert [p.result.name for p in plans] == ["fft_smoke-v3_test_threshold=0.01.json", "wiener_smoke-v3_test.json"]
     with pytest.raises(UsageError, match="same output file"):
         plan_outputs([smoke_test_file, smoke_test_file], ["fft"], {}, tmp_path, None)
 

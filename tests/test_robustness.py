@@ -32,26 +32,26 @@ GROUND_V1 = {"card": "ground-v1", "pixel_scale_arcsec": 0.2, "stamp_size": 48, "
 
 
 def test_training_card_families_fall_back_to_the_newest_published_version():
-    assert training_card_families("ground-v2") == (["ground", "moffat"], "ground-v2")
-    assert training_card_families("ground-v1") == (["ground", "moffat"], "ground-v2")  # v1 no longer published
+    assert training_card_families("ground-v3") == (["ground", "moffat"], "ground-v3")
+    assert training_card_families("ground-v1") == (["ground", "moffat"], "ground-v3")  # v1 and v2 no longer published
     assert training_card_families("no-such-card") == (None, None)
 
 
 def test_evaluation_block_in_and_out_of_family():
-    inside = evaluation_block(GROUND_V1, load_card("metacal-v2"))
+    inside = evaluation_block(GROUND_V1, load_card("metacal-v3"))
     assert inside["family"] == "in-family" and inside["reasons"] == []
-    assert inside["psf_families_from"] == "ground-v2"
-    space = evaluation_block(GROUND_V1, load_card("space-v2"))
+    assert inside["psf_families_from"] == "ground-v3"
+    space = evaluation_block(GROUND_V1, load_card("space-v3"))
     assert space["family"] == "out-of-family"
     assert space["reasons"] == [
         "PSF families optical not in training (ground, moffat)",
         "pixel_scale_arcsec 0.1 arcsec/pixel (trained at 0.2)",
         "target_fwhm_arcsec 0.2 arcsec target FWHM (trained at 0.5)",
     ]
-    superbit = evaluation_block(GROUND_V1, load_card("superbit-v2"))
-    assert superbit["reasons"][0] == "PSF families psfex not in training (ground, moffat)"
+    superbit = evaluation_block(GROUND_V1, load_card("superbit-v3"))
+    assert superbit["reasons"][0] == "PSF families psfex-tapered not in training (ground, moffat)"
     assert "stamp_size 53 pixels (trained at 48)" in superbit["reasons"]
-    unknown = evaluation_block({"card": None}, load_card("ground-v2"))
+    unknown = evaluation_block({"card": None}, load_card("ground-v3"))
     assert unknown["family"] == "out-of-family" and "unknown" in unknown["reasons"][0]
 
 
@@ -100,24 +100,24 @@ def _result(name: str) -> dict:
 
 
 def test_leaderboard_keeps_psf_error_and_out_of_family_rows_apart(tmp_path):
-    fft = _result("metacal-v2-v2_noiseless_n2000_fft.json")
-    runs = {"metacal-v2-v2_noiseless_n2000_fft.json": fft}
+    fft = _result("metacal-v3-v3_noiseless_n2000_fft.json")
+    runs = {"metacal-v3-v3_noiseless_n2000_fft.json": fft}
     for size, m, m_err in ((0.01, 0.015, 1e-3), (-0.01, -0.013, 1e-3)):
         run = copy.deepcopy(fft)
         run["psf_error"] = {"size": size, "e1": 0.0, "e2": 0.0, "convention": "c", "analytic": {"K": 1.4}}
         run["metacal"]["m"], run["metacal"]["m_err"] = m, m_err
         runs[canonical_name(run)] = run
-    net = _result("metacal-v2-v2_noiseless_n2000_deconvnet-torch.json")
+    net = _result("metacal-v3-v3_noiseless_n2000_deconvnet-torch.json")
     net["evaluation"] = {"family": "out-of-family", "trained_on": "ground-v1", "reasons": ["pixel_scale_arcsec 0.1"]}
     runs[canonical_name(net)] = net
-    wiener = _result("metacal-v2-v2_noiseless_n2000_wiener.json")
-    runs["metacal-v2-v2_noiseless_n2000_wiener.json"] = wiener
+    wiener = _result("metacal-v3-v3_noiseless_n2000_wiener.json")
+    runs["metacal-v3-v3_noiseless_n2000_wiener.json"] = wiener
     assert sorted(runs) == [
-        "metacal-v2-v2_noiseless_n2000_deconvnet-torch_out-of-family.json",
-        "metacal-v2-v2_noiseless_n2000_fft.json",
-        "metacal-v2-v2_noiseless_n2000_fft_psferr-size+0.01-e1+0-e2+0.json",
-        "metacal-v2-v2_noiseless_n2000_fft_psferr-size-0.01-e1+0-e2+0.json",
-        "metacal-v2-v2_noiseless_n2000_wiener.json",
+        "metacal-v3-v3_noiseless_n2000_deconvnet-torch_out-of-family.json",
+        "metacal-v3-v3_noiseless_n2000_fft.json",
+        "metacal-v3-v3_noiseless_n2000_fft_psferr-size+0.01-e1+0-e2+0.json",
+        "metacal-v3-v3_noiseless_n2000_fft_psferr-size-0.01-e1+0-e2+0.json",
+        "metacal-v3-v3_noiseless_n2000_wiener.json",
     ]
     for name, data in runs.items():
         (tmp_path / name).write_text(json.dumps(data))
@@ -130,17 +130,17 @@ def test_leaderboard_keeps_psf_error_and_out_of_family_rows_apart(tmp_path):
     w = 1 / np.array([1e-3, fft["metacal"]["m_err"], 1e-3]) ** 2
     xm = np.sum(w * x) / np.sum(w)
     slope = np.sum(w * (x - xm) * y) / np.sum(w * (x - xm) ** 2)
-    assert f"| fft      | metacal-v2 v2 noiseless (n = 2000) | {slope:.3f} ± " in robustness
+    assert f"| fft      | metacal-v3 v3 noiseless (n = 2000) | {slope:.3f} ± " in robustness
     assert "| 1.400 " in robustness
-    assert "| deconvnet-torch | metacal-v2 v2 noiseless (n = 2000) | out-of-family" in robustness
-    assert "| wiener          | metacal-v2 v2 noiseless (n = 2000) | reference (no training)" in robustness
+    assert "| deconvnet-torch | metacal-v3 v3 noiseless (n = 2000) | out-of-family" in robustness
+    assert "| wiener          | metacal-v3 v3 noiseless (n = 2000) | reference (no training)" in robustness
     assert "pixel_scale_arcsec 0.1" in robustness
     page = render_leaderboard_html(tmp_path)
     assert "<h2>Robustness: PSF-model errors and unseen PSFs</h2>" in page and "reference (no training)" in page
 
 
 def test_evaluation_text_is_checked_for_markup_on_submission():
-    net = _result("metacal-v2-v2_noiseless_n2000_deconvnet-torch.json")
+    net = _result("metacal-v3-v3_noiseless_n2000_deconvnet-torch.json")
     net["evaluation"] = {"family": "out-of-family", "trained_on": "ground-v1", "reasons": ["pixel scale"]}
     validate_result(net)
     net["evaluation"]["reasons"] = ["a | b"]
@@ -154,6 +154,6 @@ def test_deconvfilter_declares_its_training_domain():
 
     method = load_method("deconvfilter")
     domain = method.training_domain()
-    assert domain["card"] == "ground-v2" and domain["pixel_scale_arcsec"] == 0.2
-    block = evaluation_block(domain, load_card("metacal-v2"))
+    assert domain["card"] == "ground-v3" and domain["pixel_scale_arcsec"] == 0.2
+    block = evaluation_block(domain, load_card("metacal-v3"))
     assert block["family"] == "in-family"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 import galsim
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from deconvbench.cards import _format_validation_error, cards_dir, expected_checksum, load_card
+from deconvbench.cards import DatasetCard, _format_validation_error, cards_dir, expected_checksum, load_card
 from deconvbench.sim.galaxies import build_galaxy, sersic_index, truncated_sersic
 from deconvbench.sim.generate import generate
 from deconvbench.sim.render import gsparams
@@ -35,15 +36,38 @@ EARLIER_CARD_HASHES = {
     "space-v2": "9c0acf70b9b0facfc09d9b98a89bdfa07a6cc667bb9a1010e04ac490fa46f6fe",
     "superbit-v2": "edfaf44f11dfc9465e7a204a4db0efcb0424e60f98c081dbae911bd96284a451",
 }
+# The v3 cards are the v2 cards plus the v3 renderer (stamp.kernel_wrap, stamp.psf_stamp),
+# superbit with the psfex-tapered family, smoke with it as a seventh family, and the
+# descriptions naming v3 cards.
+V3_OF = {"ground-v2": "ground-v3", "metacal-v2": "metacal-v3", "space-v2": "space-v3", "superbit-v2": "superbit-v3"}
+
+
+def _as_published_before(name: str) -> DatasetCard:
+    """The card ``name`` as it was published before the v3 cards, rebuilt from today's card
+    by undoing exactly the v3 changes."""
+    raw = tomllib.loads((cards_dir() / f"{V3_OF.get(name, name)}.toml").read_text())
+    if name == "metacal-offsets":  # unchanged since
+        return DatasetCard.model_validate(raw)
+    raw["name"], raw["version"] = name, "2"
+    raw["description"] = raw["description"].replace("-v3", "-v2")  # smoke names ground-v3's geometry
+    for field in ("kernel_wrap", "psf_stamp"):
+        assert raw["stamp"].pop(field) == {"kernel_wrap": "truncated", "psf_stamp": "kernel"}[field]
+    families = raw["psf"]["families"]
+    if "psfex-tapered" in families:
+        assert raw["psf"].pop("psfex_taper_edge") == 0.01
+        del families["psfex-tapered"]
+        if not families:  # superbit: the untapered models
+            families["psfex"] = 1.0
+    return DatasetCard.model_validate(raw)
 
 
 @pytest.mark.parametrize("name", sorted(EARLIER_CARD_HASHES))
 def test_earlier_cards_keep_their_hash(name):
-    assert load_card(name).card_hash() == EARLIER_CARD_HASHES[name]
+    assert _as_published_before(name).card_hash() == EARLIER_CARD_HASHES[name]
 
 
 def test_sersic_table_is_part_of_the_hash_when_present():
-    card = load_card("cosmos-v2")
+    card = load_card("cosmos-v3")
     assert '"sersic":{"index":' in card.canonical_json()
     other = card.model_copy(
         update={
@@ -85,7 +109,7 @@ def test_bad_sersic_table_is_one_clear_error(change, message):
 
 
 def test_index_is_drawn_in_range_and_rounded_to_the_step():
-    spec = load_card("cosmos-v2").galaxy.sersic
+    spec = load_card("cosmos-v3").galaxy.sersic
     rng = np.random.default_rng(3)
     n = np.array([sersic_index(rng, spec) for _ in range(4000)])
     assert n.min() >= 0.3 and n.max() <= 6.0
@@ -109,7 +133,7 @@ def test_truncated_sersic_has_the_card_flux_and_half_light_radius():
 
 
 def test_cosmos_card_draws_sersic_and_bulge_disk_rows():
-    card = load_card("cosmos-v2")
+    card = load_card("cosmos-v3")
     rows = draw_galaxies(card, "test", 0, 64)
     assert {"gal_sersic_n", "gal_sersic_trunc_arcsec", "gal_bulge_fraction"} <= set(card_params_dtype(card).names)
     sersic = rows["gal_profile"] == b"sersic"
@@ -121,8 +145,8 @@ def test_cosmos_card_draws_sersic_and_bulge_disk_rows():
 
 
 def test_fast_renderer_is_exact_for_sersic_profiles():
-    """The first 24 cosmos-v2 stamps (Sérsic n from 0.3 to 6 and bulge+disk) against GalSim."""
-    card = load_card("cosmos-v2")
+    """The first 24 cosmos-v3 stamps (Sérsic n from 0.3 to 6 and bulge+disk) against GalSim."""
+    card = load_card("cosmos-v3")
     drawn = draw_galaxies(card, "test", 0, 24)
     # includes n = 3.9, whose reference GalSim builds only at the fast renderer's maxk threshold
     assert (
@@ -145,11 +169,11 @@ MEASURED_SERSIC_TRUTH = 1.91e-6
 
 def test_cosmos_prefix_matches_its_published_checksum(data_root):
     """Bit-reproducibility of the Sérsic stamps: the first 64 test stamps are published."""
-    card = load_card("cosmos-v2")
+    card = load_card("cosmos-v3")
     expected = expected_checksum(card, "test", 64)
-    assert expected is not None, "publish: deconvbench record-checksum FILE (cosmos-v2 test, --n 64)"
+    assert expected is not None, "publish: deconvbench record-checksum FILE (cosmos-v3 test, --n 64)"
     report = generate(card, "test", data_root / "cosmos64.h5", n=64)
     assert report.checksum == expected
     with open_dataset(data_root / "cosmos64.h5") as ds:
         assert b"sersic" in set(ds.params()["gal_profile"].tolist())
-    assert (cards_dir() / "cosmos-v2.toml").exists()
+    assert (cards_dir() / "cosmos-v3.toml").exists()

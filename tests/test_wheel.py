@@ -68,5 +68,5 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     run = cli("run", "-m", "fft", "-m", "deconvnet-torch", "--data", "smoke8.h5", "--out", "results")
     assert run.returncode == 0, run.stderr
     for name in ("fft", "deconvnet-torch"):
-        result = json.loads((work / "results" / f"{name}_smoke-v2_test_n8.json").read_text())
+        result = json.loads((work / "results" / f"{name}_smoke-v3_test_n8.json").read_text())
         assert result["failures"]["stamps_failed"] == 0 and result["dataset"]["checksum_verified"]

@@ -2,7 +2,7 @@
 Fourier filter, linear in the image; see :mod:`.filter_model`) in PyTorch.
 
 Default weights: ``weights/deconvfilter-<dataset>.npz`` next to this file
-(``dataset="ground-v2"`` unless given); ``device`` is ``auto``, ``cpu`` or ``cuda``
+(``dataset="ground-v3"`` unless given); ``device`` is ``auto``, ``cpu`` or ``cuda``
 (:mod:`.device`), e.g. ``--option deconvfilter.device=cuda``.
 """
 
@@ -26,7 +26,7 @@ from .plugin import (
     training_domain_of,
 )
 
-DEFAULT_DATASET = "ground-v2"
+DEFAULT_DATASET = "ground-v3"
 
 
 def default_filter_weights_path(dataset: str = DEFAULT_DATASET) -> Path:

@@ -27,7 +27,7 @@ def run(
     method: list[str] = typer.Option(..., "--method", "-m", help="method name (repeat for a comparison)"),
     data: Path | None = typer.Option(None, "--data", help="dataset HDF5 file"),
     dataset: str | None = typer.Option(
-        None, "--dataset", help="card name (generated if missing); with --metacal default metacal-v2"
+        None, "--dataset", help="card name (generated if missing); with --metacal default metacal-v3"
     ),
     split: str | None = typer.Option(None, "--split", help="split of --dataset (with --metacal: default all splits)"),
     n: int | None = typer.Option(None, "--n", help="use only the first N stamps of each split"),
@@ -51,7 +51,7 @@ def run(
         False,
         "--metacal",
         help="also run metacalibration: shear bias m, c, alpha and "
-        "metacal throughput (needs a constant-shear card, e.g. metacal-v2)",
+        "metacal throughput (needs a constant-shear card, e.g. metacal-v3)",
     ),
     estimator: str = typer.Option("wmom", "--estimator", help="metacal shear estimator: wmom or admom"),
     fixnoise: bool = typer.Option(False, "--fixnoise", help="metacal: add ngmix's fixnoise term (linear methods)"),

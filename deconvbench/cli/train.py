@@ -16,7 +16,7 @@ def train(
     framework: str | None = typer.Option(
         None, "--framework", help="shorthand for --method deconvnet-FRAMEWORK (jax or torch)"
     ),
-    dataset: str = typer.Option("ground-v2", "--dataset", help="card whose train/val splits are used"),
+    dataset: str = typer.Option("ground-v3", "--dataset", help="card whose train/val splits are used"),
     epochs: int = typer.Option(20, "--epochs", help="total epochs (a resumed run continues up to this)"),
     batch_size: int = typer.Option(32, "--batch-size", "-b"),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate"),
