@@ -1,6 +1,6 @@
 """PSFEx PSFs with a Gaussian taper: renderer exactness, PSF size and fft metacal bias.
 
-An experiment for the next card versions, not a shipped option. The SuperBIT PSFEx models
+The experiment behind the ``psfex-tapered`` family (superbit-v3, edge 0.01). The SuperBIT PSFEx models
 are GalSim ``InterpolatedImage`` objects whose transform is cut hard at their maxk (2.0×
 the pixel Nyquist frequency, where it is still ~6e-4 of K(0) on the axes). The fast
 renderer and GalSim's ``drawImage`` periodise the ringing of that edge on different
@@ -11,8 +11,9 @@ This script convolves each PSFEx PSF with a round Gaussian whose transform is ``
 the PSF's maxk (``σ = sqrt(−2 ln EDGE) / maxk``; EDGE = 1: no taper), for each EDGE given,
 and prints
 
-* ``validate-render`` of the first ``--n-render`` stamps of superbit-v3's first split
-  (max and rms of |fast − GalSim| / peak, flux ratio; the PSFEx rows);
+* ``validate-render`` of the first ``--n-render`` stamps of superbit-v3's first split, drawn
+  with the untapered ``psfex`` family as superbit-v2 was (max and rms of |fast − GalSim| /
+  peak, flux ratio; the PSFEx rows);
 * the FWHM (GalSim adaptive moments, arcsec) of the first four distinct PSFs;
 * fft + metacal + wmom on ``--groups`` groups of a noiseless metacal card with PSFEx PSFs
   at SuperBIT's pixel scale and galaxy offsets up to ±1 px (the PSFEx variant of
@@ -21,8 +22,8 @@ and prints
     python benchmarks/psfex_taper.py --edges 1 0.1 0.01 --n-render 64 --groups 256
 
 ``--kernel-wrap`` and ``--psf-stamp`` set the renderer's ``stamp.kernel_wrap`` and
-``stamp.psf_stamp`` on both cards (default: the v2 renderer), to measure the taper with the
-settings of the next card versions.
+``stamp.psf_stamp`` on both cards (default: the v2 renderer, whatever the card sets), to
+measure the taper with the settings of the v3 cards.
 
 The taper is applied by registering the ``psfex`` family again with a tapered builder, in
 this process only (the original is registered back afterwards).
@@ -55,8 +56,10 @@ def tapered(build, edge: float):
 
 
 def with_renderer(raw_stamp: dict, renderer: dict) -> dict:
-    """The card's ``[stamp]`` table with the renderer settings that are set (not None)."""
-    return {**raw_stamp, **{key: value for key, value in renderer.items() if value is not None}}
+    """The card's ``[stamp]`` table with the renderer settings that are set (not None); the
+    others at their defaults (the v2 renderer), whatever the card sets."""
+    stamp = {key: value for key, value in raw_stamp.items() if key not in renderer}
+    return {**stamp, **{key: value for key, value in renderer.items() if value is not None}}
 
 
 def metacal_card(groups: int, renderer: dict):
@@ -90,6 +93,8 @@ def measure(edge: float, n_render: int, groups: int, renderer: dict) -> None:
     try:
         raw = tomllib.loads((cards_dir() / "superbit-v3.toml").read_text())
         raw["stamp"] = with_renderer(raw["stamp"], renderer)
+        raw["psf"]["families"] = {"psfex": 1.0}  # the models untapered: this script tapers them
+        raw["psf"].pop("psfex_taper_edge", None)
         card = DatasetCard.model_validate(raw)
         split = next(iter(card.splits))
         for row in validate_render(card, split, n_render):
