@@ -34,15 +34,15 @@ class Generate:
         generate(self.card, self.split, self.folder / "peak.h5", n=256, workers=1)
 
 
-#: the renderer settings of the next card versions (README: rendering)
-NEXT_RENDERER = ("stamp.kernel_wrap=truncated", "stamp.psf_stamp=kernel")
+#: the v2 renderer (point-corrected wrap, drawImage psf stamp): still that of metacal-offsets
+#: (v2) and metacal-space (v1)
+V2_RENDERER = ("stamp.kernel_wrap=point-corrected", "stamp.psf_stamp=drawimage")
 
 
-class GenerateNextRenderer(Generate):
-    """As :class:`Generate`, each card with the next card versions' renderer settings
-    (truncated kernels, the ``psf`` stamp through the kernel): its own history, so that the
-    v2 cards' history above stays comparable."""
+class GenerateV2Renderer(Generate):
+    """As :class:`Generate`, each card drawn with the v2 renderer (the same galaxies and
+    PSFs): the history of the renderer that the v2 cards used, beside the v3 cards' above."""
 
     def setup(self, card):
         super().setup(card)
-        self.card = load_card(card, NEXT_RENDERER)
+        self.card = load_card(card, V2_RENDERER)
