@@ -245,10 +245,10 @@ def psf_kernels_by_pad(
     base = own(grid.pad_size)
     kernels = {grid.pad_size: base}
     for pad in pads:
-        sub_grid = kspace.KGrid(grid.stamp_size, grid.pixel_scale, pad)
         if pad == grid.pad_size:
             continue
         if pad <= 4 * grid.pad_size:
+            sub_grid = kspace.KGrid(grid.stamp_size, grid.pixel_scale, pad)
             kernels[pad] = Kernel(psf_profile, sub_grid, with_pixel, wrap=wrap, base=base)
         else:
             kernels[pad] = own(pad)
